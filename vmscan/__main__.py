@@ -1,0 +1,5 @@
+"""``python -m vmscan``."""
+
+from vmscan.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,352 @@
+"""Command line: ``vmscan scan``, ``vmscan signatures``, and the nightly/report commands.
+
+Exit codes: 0 nothing at or above ``--fail-on``; 1 findings at or above it; 2 at least
+one image could not be scanned (the others still are); 3 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from vmscan import __version__
+from vmscan.errors import UsageError, VmscanError
+from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
+from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, scan_sources
+
+log = logging.getLogger("vmscan")
+
+EXIT_OK, EXIT_FINDINGS, EXIT_IMAGE_ERROR, EXIT_USAGE = 0, 1, 2, 3
+# Subcommands implemented in their own modules: (module, required?)
+_COMMAND_MODULES = ("vmscan.commands.nightly", "vmscan.commands.report", "vmscan.commands.diff")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on bad usage; vmscan's contract says 3."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _severity(value: str) -> str:
+    v = value.lower()
+    if v not in SEVERITY_ORDER or v == "unknown":
+        raise argparse.ArgumentTypeError(
+            f"unknown severity {value!r} (info, low, medium, high, critical)"
+        )
+    return v
+
+
+def _checks(value: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in value.split(",") if x.strip())
+    if items == ("all",):
+        return ALL_CHECK_NAMES
+    if items == ("none",):
+        return ()
+    bad = [x for x in items if x not in ALL_CHECK_NAMES]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown check(s) {', '.join(bad)} (choose from {', '.join(ALL_CHECK_NAMES)})"
+        )
+    return items
+
+
+def _add_scan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="disk image (qcow2, vmdk, vhd, vhdx, raw) or libvirt domain XML",
+    )
+    p.add_argument("--format", default="json", help="report format (default: json)")
+    p.add_argument("-o", "--output", help="write the report here (default: stdout)")
+    p.add_argument("--manifest", action="store_true", help="include every file in the report")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=None,
+        help=f"images scanned at once (default here: {default_jobs()})",
+    )
+    p.add_argument("--memsize", type=int, default=None, help="appliance memory in MiB")
+    p.add_argument("--timeout", type=float, default=3600.0, help="per-image time limit, seconds")
+    p.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="appliance acceleration (auto honours LIBGUESTFS_BACKEND_SETTINGS)",
+    )
+    p.add_argument(
+        "--allow-backing",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder where backing files may lie (besides the image's own)",
+    )
+    p.add_argument("--disk-format", default=None, help="override format detection")
+    p.add_argument(
+        "--fail-on",
+        type=_severity,
+        default=None,
+        metavar="SEVERITY",
+        help="exit 1 when a finding is at or above this severity",
+    )
+    p.add_argument(
+        "--checks",
+        type=_checks,
+        default=ALL_CHECK_NAMES,
+        help="comma list of checks: antivirus,patch,license,migration (or all/none)",
+    )
+    p.add_argument(
+        "--clamd",
+        default=None,
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="use this running clamd instead of starting one",
+    )
+    p.add_argument("--av-scope", default="all", help="all, or executables,documents,archives")
+    p.add_argument("--state-db", default=None, help="SQLite state database (caches, history)")
+    p.add_argument("--policy", default=None, help="licence policy file (TOML)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = _Parser(prog="vmscan", description="Agentless scanner of VM disk images.")
+    parser.add_argument("--version", action="version", version=f"vmscan {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_scan_options(sub.add_parser("scan", help="scan disk images and write a report"))
+    sig = sub.add_parser("signatures", help="verify or import signature and advisory data")
+    sigsub = sig.add_subparsers(dest="sig_command", required=True, parser_class=_Parser)
+    v = sigsub.add_parser("verify", help="check signatures/ against its manifests")
+    v.add_argument("--dir", default=None, help="signatures folder (default: the bundled one)")
+    imp = sigsub.add_parser("import", help="import an OSV advisory dump (zip or folder)")
+    imp.add_argument("src", help="OSV zip file or folder of OSV JSON files")
+    imp.add_argument("--dest", default=None, help="advisories folder (default: bundled)")
+    for name in _COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def signatures_dir() -> Path:
+    """The signatures folder: $VMSCAN_SIGNATURES or the repository's ``signatures/``."""
+    env = os.environ.get("VMSCAN_SIGNATURES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "signatures"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | None) -> Iterator[IO[str]]:
+    """stdout, or a file written to a temp name and renamed on success."""
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def exit_code_for(result: ScanResult, fail_on: str | None) -> int:
+    """Exit code from image statuses and finding severities."""
+    if any(img.status == ImageStatus.ERROR for img in result.images):
+        return EXIT_IMAGE_ERROR
+    if fail_on:
+        limit = SEVERITY_ORDER[fail_on]
+        for img in result.images:
+            for root in img.roots + list(img.sections.get("data_volumes", [])):
+                if any(SEVERITY_ORDER.get(f.severity, 0) >= limit for f in root.findings):
+                    return EXIT_FINDINGS
+    return EXIT_OK
+
+
+def _progress_bar(total: int, quiet: bool) -> Any:
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="image", desc="vmscan", file=sys.stderr)
+
+
+def _writers() -> dict[str, Any]:
+    try:
+        report = importlib.import_module("vmscan.report")
+    except ImportError:
+        return {}
+    return dict(getattr(report, "WRITERS", {}))
+
+
+def write_report(data: dict[str, Any], fmt: str, out: IO[str]) -> None:
+    """Serialise the canonical report dict in one of the registered formats."""
+    if fmt == "json":
+        json.dump(data, out, indent=2, ensure_ascii=False, sort_keys=False)
+        out.write("\n")
+        return
+    writers = _writers()
+    writer = writers.get(fmt)
+    if writer is None:
+        known = ", ".join(["json", *sorted(writers)])
+        raise UsageError(f"unknown report format {fmt!r} (known: {known})")
+    writer(data, out)
+
+
+def finalize_report(result: ScanResult) -> dict[str, Any]:
+    """Canonical JSON dict of a run, with fleet-level sections."""
+    data: dict[str, Any] = to_jsonable(result)
+    try:
+        from vmscan.license.fleet import fleet_summary
+    except ImportError:
+        return data
+    try:
+        data["sections"]["license_fleet"] = fleet_summary(data)
+    except Exception as e:  # a summary never loses the report
+        log.warning("licence fleet summary failed: %s", e)
+    return data
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """``vmscan scan``."""
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if args.format != "json" and args.format not in _writers():
+        raise UsageError(f"unknown report format {args.format!r}")
+    plugin_options: dict[str, Any] = {
+        "av_scope": args.av_scope,
+        "signatures_dir": str(signatures_dir()),
+    }
+    if args.clamd:
+        plugin_options["clamd"] = args.clamd
+    if args.policy:
+        plugin_options["license_policy"] = args.policy
+    opts = ScanOptions(
+        jobs=args.jobs or default_jobs(),
+        memsize=args.memsize,
+        timeout=args.timeout,
+        accel=args.accel,
+        manifest=args.manifest,
+        checks=args.checks,
+        fail_on=args.fail_on,
+        allow_backing=tuple(args.allow_backing),
+        disk_format=args.disk_format,
+        state_db=args.state_db,
+        quiet=args.quiet,
+        plugin_options=plugin_options,
+    )
+    bar = _progress_bar(len(args.sources), args.quiet)
+
+    def progress(img: ImageResult) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"{Path(img.source).name}: {img.status.value}")
+            bar.update(1)
+        for err in img.errors[:3]:
+            log.info("%s: %s", img.source, err)
+
+    with _managed_services(opts):
+        result = scan_sources(list(args.sources), opts, progress=progress)
+    if bar is not None:
+        bar.close()
+    data = finalize_report(result)
+    with atomic_output(args.output) as out:
+        write_report(data, args.format, out)
+    for img in result.images:
+        if img.status == ImageStatus.ERROR:
+            log.error("%s: %s", img.source, "; ".join(img.errors) or "error")
+    return exit_code_for(result, args.fail_on)
+
+
+@contextlib.contextmanager
+def _managed_services(opts: ScanOptions) -> Iterator[None]:
+    """Start vmscan's own clamd once per run when the antivirus check needs one."""
+    if "antivirus" not in opts.checks or opts.plugin_options.get("clamd"):
+        yield
+        return
+    try:
+        from vmscan.av.clamd_manager import ManagedClamd
+    except ImportError:
+        yield
+        return
+    try:
+        clamd = ManagedClamd(signatures_dir() / "clamav")
+        ctx = clamd.__enter__()
+    except VmscanError as e:
+        # The antivirus check reports it; the other checks still run.
+        opts.plugin_options["clamd_error"] = str(e)
+        log.error("antivirus: %s", e)
+        yield
+        return
+    try:
+        opts.plugin_options["clamd"] = ctx.address
+        yield
+    finally:
+        clamd.__exit__(None, None, None)
+
+
+def cmd_signatures(args: argparse.Namespace) -> int:
+    """``vmscan signatures verify|import``."""
+    if args.sig_command == "verify":
+        from vmscan.av.signatures import verify
+
+        base = Path(args.dir) if args.dir else signatures_dir()
+        problems = verify(base / "clamav")
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print("signatures: OK" if not problems else f"signatures: {len(problems)} problem(s)")
+        return 0 if not problems else 2
+    from vmscan.advisories import import_feed
+
+    dest = Path(args.dest) if args.dest else signatures_dir() / "advisories"
+    report = import_feed(Path(args.src), dest)
+    print(json.dumps(to_jsonable(report), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vmscan`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "scan":
+            return cmd_scan(args)
+        if args.command == "signatures":
+            return cmd_signatures(args)
+        rc: int = args.run(args)
+        return rc
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except VmscanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_IMAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

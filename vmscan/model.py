@@ -1,0 +1,193 @@
+"""Pure data of a scan: what was opened, what was found; no guest access here."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ImageStatus(enum.StrEnum):
+    """Outcome of one image."""
+
+    OK = "ok"
+    PARTIAL = "partial"
+    NO_OS = "no_os"
+    ERROR = "error"
+
+
+class Severity(enum.StrEnum):
+    """Finding severity, ordered by :data:`SEVERITY_ORDER`."""
+
+    UNKNOWN = "unknown"
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+SEVERITY_ORDER: dict[str, int] = {
+    "unknown": 0,
+    "info": 1,
+    "low": 2,
+    "medium": 3,
+    "high": 4,
+    "critical": 5,
+}
+
+
+@dataclass(frozen=True)
+class DiskRef:
+    """One disk of a VM: a host path and its format, detected by vmscan."""
+
+    path: str
+    format: str
+    virtual_size: int | None = None
+    backing: tuple[str, ...] = ()
+
+
+@dataclass
+class OSInfo:
+    """Facts about one operating system root, from libguestfs inspection + os-release."""
+
+    type: str = "unknown"
+    distro: str = "unknown"
+    product_name: str = ""
+    major_version: int = 0
+    minor_version: int = 0
+    arch: str = "unknown"
+    hostname: str = ""
+    package_format: str = "unknown"
+    package_management: str = "unknown"
+    os_release_id: str = ""
+    version_id: str = ""
+    version_codename: str = ""
+    # Windows extras (filled by the Windows cataloger when present).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FileEntry:
+    """One regular file of the manifest."""
+
+    device: str
+    path: str  # escaped (see vmscan.pathenc) absolute path inside the guest root
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    sha256: str | None  # None: could not be read (see ``error``)
+    error: str | None = None
+
+
+@dataclass
+class Filesystem:
+    """One filesystem seen in the image."""
+
+    device: str
+    type: str
+    mountpoint: str | None = None
+    mounted: bool = False
+    files: int = 0
+    bytes: int = 0
+    error: str | None = None
+    size: int | None = None
+    free: int | None = None
+    uuid: str = ""
+    label: str = ""
+
+
+@dataclass
+class Package:
+    """One installed package or program, as a cataloger found it."""
+
+    name: str
+    version: str
+    arch: str = ""
+    source_name: str = ""
+    source_version: str = ""
+    licenses: list[str] = field(default_factory=list)
+    found_by: str = ""
+    purl: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Finding:
+    """One rule hit on one target (package, path or the root itself)."""
+
+    check: str  # "antivirus" | "patch" | "license" | "migration"
+    rule_id: str
+    severity: str
+    title: str
+    target: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+@dataclass
+class PluginStatus:
+    """How a cataloger or check ran on one root: succeeded/partial/failed/skipped."""
+
+    name: str
+    status: str
+    reason: str = ""
+
+
+@dataclass
+class RootResult:
+    """One operating-system root (or one data filesystem for a disk with no OS)."""
+
+    device: str
+    os: OSInfo
+    mountpoints: dict[str, str] = field(default_factory=dict)
+    packages: list[Package] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    plugins: list[PluginStatus] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageResult:
+    """Everything vmscan learned of one source (an image or a libvirt domain)."""
+
+    source: str
+    disks: list[DiskRef] = field(default_factory=list)
+    status: ImageStatus = ImageStatus.OK
+    errors: list[str] = field(default_factory=list)
+    filesystems: list[Filesystem] = field(default_factory=list)
+    roots: list[RootResult] = field(default_factory=list)
+    manifest: list[FileEntry] = field(default_factory=list)
+    not_scanned: list[dict[str, str]] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    duration_s: float = 0.0
+
+
+@dataclass
+class ScanResult:
+    """One run of vmscan over several sources."""
+
+    schema_version: str
+    vmscan_version: str
+    started_at: str
+    finished_at: str = ""
+    images: list[ImageResult] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Turn result dataclasses into plain JSON types (enums to their values)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    return obj

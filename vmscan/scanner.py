@@ -1,0 +1,479 @@
+"""Scan orchestration: one worker process and one appliance per image, in parallel.
+
+Each image runs in its own process group so that a hung appliance (qemu is a child
+of the worker) can be killed on the per-image timeout without touching the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import multiprocessing as mp
+import os
+import re
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from vmscan import SCHEMA_VERSION, __version__
+from vmscan.disk import resolve_source
+from vmscan.errors import ImageError, VmscanError
+from vmscan.guestfs_view import LibguestfsFS, read_text
+from vmscan.manifest import build_manifest
+from vmscan.model import (
+    Filesystem,
+    ImageResult,
+    ImageStatus,
+    OSInfo,
+    PluginStatus,
+    RootResult,
+    ScanResult,
+)
+from vmscan.plugins import ScanContext
+from vmscan.session import GuestSession
+
+log = logging.getLogger(__name__)
+
+ALL_CHECK_NAMES = ("antivirus", "patch", "license", "migration")
+# Filesystem types that hold no files to walk.
+_NOT_WALKABLE = {"swap", "unknown", "LVM2_member", "linux_raid_member", "crypto_LUKS", "BitLocker"}
+_FSTAB_SKIP_TYPES = {
+    "swap",
+    "proc",
+    "sysfs",
+    "tmpfs",
+    "devpts",
+    "none",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "devtmpfs",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "autofs",
+    "fuse",
+}
+_FSTAB_LIMIT = 1024 * 1024
+
+
+def now_iso() -> str:
+    """UTC time stamp for reports."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class ScanOptions:
+    """Everything that changes what a scan does."""
+
+    jobs: int = 1
+    memsize: int | None = None
+    timeout: float = 3600.0
+    accel: str = "auto"
+    manifest: bool = False
+    checks: tuple[str, ...] = ALL_CHECK_NAMES
+    fail_on: str | None = None
+    allow_backing: tuple[str, ...] = ()
+    disk_format: str | None = None
+    state_db: str | None = None
+    quiet: bool = True
+    plugin_options: dict[str, Any] = field(default_factory=dict)
+
+
+def default_jobs() -> int:
+    """Appliances the machine can carry: one per core, about 1.5 GiB of RAM each."""
+    cores = os.cpu_count() or 1
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        mem = 4 << 30
+    return max(1, min(cores, int(mem // (1536 << 20))))
+
+
+# ---------------------------------------------------------------------------
+# Inside one image
+
+
+def _os_release(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines()[:500]:
+        m = re.match(r"^\s*([A-Z_][A-Z0-9_]*)=(.*)$", line)
+        if not m:
+            continue
+        val = m.group(2).strip()
+        if len(val) >= 2 and val[0] == val[-1] and val[0] in "\"'":
+            val = val[1:-1]
+        out[m.group(1)] = val[:256]
+    return out
+
+
+def _inspect_root(g: Any, root: str) -> OSInfo:
+    def get(fn: str, default: Any) -> Any:
+        try:
+            return getattr(g, fn)(root)
+        except RuntimeError:
+            return default
+
+    return OSInfo(
+        type=get("inspect_get_type", "unknown"),
+        distro=get("inspect_get_distro", "unknown"),
+        product_name=get("inspect_get_product_name", ""),
+        major_version=int(get("inspect_get_major_version", 0)),
+        minor_version=int(get("inspect_get_minor_version", 0)),
+        arch=get("inspect_get_arch", "unknown"),
+        hostname=get("inspect_get_hostname", ""),
+        package_format=get("inspect_get_package_format", "unknown"),
+        package_management=get("inspect_get_package_management", "unknown"),
+    )
+
+
+def _fstab_missing(fs: LibguestfsFS, mounted: set[str]) -> list[tuple[str, str, int]]:
+    """fstab entries (spec, mountpoint, line) that inspection could not map to a device."""
+    try:
+        text = read_text(fs, "/etc/fstab", _FSTAB_LIMIT)
+    except VmscanError:
+        return []
+    missing = []
+    for n, line in enumerate(text.splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if len(parts) < 3 or not parts[1].startswith("/"):
+            continue
+        spec, mpoint, fstype = parts[0], parts[1], parts[2]
+        opts = parts[3].split(",") if len(parts) > 3 else []
+        if fstype in _FSTAB_SKIP_TYPES or "bind" in opts or mpoint in mounted:
+            continue
+        missing.append((spec, mpoint, n))
+    return missing
+
+
+def _image_facts(g: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {"disks": [], "partition_tables": {}, "filesystems": [], "lvs": []}
+    try:
+        facts["disks"] = list(g.list_devices())
+        for dev in facts["disks"]:
+            try:
+                facts["partition_tables"][dev] = g.part_get_parttype(dev)
+            except RuntimeError:
+                facts["partition_tables"][dev] = None
+        facts["lvs"] = list(g.lvs())
+        for dev, fstype in sorted(g.list_filesystems().items()):
+            entry = {"device": dev, "type": fstype, "uuid": "", "label": ""}
+            for key, fn in (("uuid", "vfs_uuid"), ("label", "vfs_label")):
+                with contextlib.suppress(RuntimeError):
+                    entry[key] = getattr(g, fn)(dev)
+            facts["filesystems"].append(entry)
+    except RuntimeError as e:
+        log.warning("image facts: %s", e)
+    return facts
+
+
+def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
+    from vmscan.registry import catalogers_for, checks_for
+
+    for cat in catalogers_for(opts.checks):
+        ctx.notes = []
+        try:
+            if not cat.applies(fs, ctx.root.os):
+                continue
+            ctx.root.packages.extend(cat.catalog(fs, ctx))
+            status = "partial" if ctx.notes else "succeeded"
+            ctx.root.plugins.append(PluginStatus(cat.NAME, status, "; ".join(ctx.notes)))
+        except Exception as e:  # one plugin never aborts the image
+            log.debug("cataloger %s failed", cat.NAME, exc_info=True)
+            ctx.root.plugins.append(PluginStatus(cat.NAME, "failed", str(e) or type(e).__name__))
+    for check in checks_for(opts.checks):
+        ctx.notes = []
+        try:
+            ctx.root.findings.extend(check.run(fs, ctx))
+            status = "partial" if ctx.notes else "succeeded"
+            ctx.root.plugins.append(PluginStatus(check.NAME, status, "; ".join(ctx.notes)))
+        except Exception as e:
+            log.debug("check %s failed", check.NAME, exc_info=True)
+            ctx.root.plugins.append(PluginStatus(check.NAME, "failed", str(e) or type(e).__name__))
+
+
+def _scan_mounted(
+    sess: GuestSession,
+    result: ImageResult,
+    root: RootResult,
+    mounts: list[tuple[str, str]],
+    opts: ScanOptions,
+    facts: dict[str, Any],
+    fs_by_dev: dict[str, Filesystem],
+) -> None:
+    g = sess.g
+    entries, problems = build_manifest(g, mounts)
+    for p in problems[:50]:
+        result.errors.append(p)
+    if len(problems) > 50:
+        result.errors.append(f"... and {len(problems) - 50} more file problems")
+    for e in entries:
+        fsr = fs_by_dev.get(e.device)
+        if fsr is not None:
+            fsr.files += 1
+            fsr.bytes += e.size
+    for mp_, dev in mounts:
+        fsr = fs_by_dev.get(dev)
+        st = None
+        with contextlib.suppress(RuntimeError):
+            st = g.statvfs(mp_)
+        if fsr is not None and st:
+            fsr.size = st["frsize"] * st["blocks"]
+            fsr.free = st["frsize"] * st["bavail"]
+    result.manifest.extend(entries)
+    ctx = ScanContext(
+        root=root,
+        manifest=entries,
+        options=dict(opts.plugin_options),
+        image_facts=facts,
+        image=result,
+        handle=g,
+    )
+    ctx.options.setdefault("state_db", opts.state_db)
+    _run_plugins(LibguestfsFS(g), ctx, opts)
+
+
+def scan_image(label: str, opts: ScanOptions) -> ImageResult:
+    """Scan one source (image or libvirt domain) in this process. Never raises."""
+    t0 = time.monotonic()
+    result = ImageResult(source=label, started_at=now_iso())
+    try:
+        src = resolve_source(label, opts.disk_format, opts.allow_backing)
+        result.disks = list(src.disks)
+        with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
+            _scan_session(sess, result, opts)
+    except ImageError as e:
+        result.status = ImageStatus.ERROR
+        result.errors.append(str(e))
+    except Exception as e:  # never a traceback in place of a result
+        log.debug("unexpected failure on %s", label, exc_info=True)
+        result.status = ImageStatus.ERROR
+        result.errors.append(f"internal error: {type(e).__name__}: {e}")
+        result.sections["traceback"] = traceback.format_exc(limit=5)
+    result.finished_at = now_iso()
+    result.duration_s = round(time.monotonic() - t0, 3)
+    return result
+
+
+def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) -> None:
+    g = sess.g
+    facts = _image_facts(g)
+    fs_by_dev: dict[str, Filesystem] = {}
+    for f in facts["filesystems"]:
+        fs_by_dev[f["device"]] = Filesystem(
+            device=f["device"], type=f["type"], uuid=f["uuid"], label=f["label"]
+        )
+    result.filesystems = list(fs_by_dev.values())
+    result.sections["image_facts"] = facts
+    try:
+        roots = list(g.inspect_os())
+    except RuntimeError as e:
+        result.errors.append(f"inspection failed: {e}")
+        roots = []
+    partial = False
+    for root_dev in sorted(roots):
+        os_info = _inspect_root(g, root_dev)
+        try:
+            mps: dict[str, str] = dict(g.inspect_get_mountpoints(root_dev))
+        except RuntimeError:
+            mps = {"/": root_dev}
+        root = RootResult(device=root_dev, os=os_info, mountpoints=mps)
+        mounted: list[tuple[str, str]] = []
+        # Shortest mountpoint first so that /boot lands on top of /.
+        for mp_ in sorted(mps, key=lambda m: (len(m), m)):
+            dev = mps[mp_]
+            err = sess.mount_ro(dev, mp_)
+            fsr = fs_by_dev.setdefault(dev, Filesystem(device=dev, type="unknown"))
+            if fsr not in result.filesystems:
+                result.filesystems.append(fsr)
+            if err:
+                fsr.error = err
+                partial = True
+                result.errors.append(f"{root_dev}: cannot mount {dev} on {mp_}: {err}")
+                if mp_ == "/":
+                    break
+            else:
+                fsr.mountpoint, fsr.mounted = mp_, True
+                mounted.append((mp_, dev))
+        if not any(m == "/" for m, _ in mounted):
+            result.roots.append(root)
+            sess.umount_all()
+            continue
+        fs = LibguestfsFS(g)
+        if os_info.type == "linux":
+            _os_release_into(fs, os_info)
+            for spec, mpoint, line in _fstab_missing(fs, {m for m, _ in mounted}):
+                partial = True
+                msg = (
+                    f"{root_dev}: /etc/fstab line {line}: {spec} on {mpoint} is not in this "
+                    f"image (device absent or not found); its files were not scanned"
+                )
+                result.errors.append(msg)
+                result.filesystems.append(
+                    Filesystem(
+                        device=spec,
+                        type="absent",
+                        mountpoint=mpoint,
+                        mounted=False,
+                        error="device not present",
+                    )
+                )
+        _scan_mounted(sess, result, root, mounted, opts, facts, fs_by_dev)
+        result.roots.append(root)
+        sess.umount_all()
+    if not roots:
+        if not any(f.type not in _NOT_WALKABLE for f in fs_by_dev.values()):
+            parts = facts["partition_tables"]
+            raise ImageError(
+                "no operating system and no readable filesystem found"
+                + ("" if any(parts.values()) else " (no partition table either: not a disk?)")
+            )
+        result.status = ImageStatus.NO_OS
+        _scan_data_disks(sess, result, opts, facts, fs_by_dev)
+    elif partial:
+        result.status = ImageStatus.PARTIAL
+    if not opts.manifest:
+        result.sections["manifest_files"] = len(result.manifest)
+        result.manifest = []
+
+
+def _os_release_into(fs: LibguestfsFS, os_info: OSInfo) -> None:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            rel = _os_release(read_text(fs, path, 64 * 1024))
+        except VmscanError:
+            continue
+        os_info.os_release_id = rel.get("ID", "")
+        os_info.version_id = rel.get("VERSION_ID", "")
+        os_info.version_codename = rel.get("VERSION_CODENAME", "")
+        if os_info.distro in ("unknown", "") and os_info.os_release_id:
+            os_info.distro = os_info.os_release_id
+        return
+
+
+def _scan_data_disks(
+    sess: GuestSession,
+    result: ImageResult,
+    opts: ScanOptions,
+    facts: dict[str, Any],
+    fs_by_dev: dict[str, Filesystem],
+) -> None:
+    """No OS: mount each filesystem on its own and walk it as a data volume."""
+    for dev, fsr in sorted(fs_by_dev.items()):
+        if fsr.type in _NOT_WALKABLE:
+            continue
+        err = sess.mount_ro(dev, "/")
+        if err:
+            fsr.error = err
+            result.errors.append(f"cannot mount {dev}: {err}")
+            continue
+        fsr.mountpoint, fsr.mounted = "/", True
+        vol = RootResult(device=dev, os=OSInfo(type="none"), mountpoints={"/": dev})
+        _scan_mounted(sess, result, vol, [("/", dev)], opts, facts, fs_by_dev)
+        result.sections.setdefault("data_volumes", []).append(vol)
+        sess.umount_all()
+
+
+# ---------------------------------------------------------------------------
+# Many images in parallel
+
+
+def _worker(label: str, opts: ScanOptions, conn: Connection) -> None:
+    # Own process group: the parent kills the whole group (qemu included) on timeout.
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    res = scan_image(label, opts)
+    try:
+        conn.send(res)
+    finally:
+        conn.close()
+
+
+@dataclass
+class _Running:
+    label: str
+    index: int
+    proc: mp.process.BaseProcess
+    conn: Connection
+    deadline: float
+
+
+def _kill_group(proc: mp.process.BaseProcess) -> None:
+    if proc.pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.join(5)
+
+
+def scan_sources(
+    sources: list[str],
+    opts: ScanOptions,
+    on_image_done: Callable[[ImageResult], None] | None = None,
+    progress: Callable[[ImageResult], None] | None = None,
+) -> ScanResult:
+    """Scan every source, ``opts.jobs`` at a time; results keep the order of *sources*."""
+    result = ScanResult(
+        schema_version=SCHEMA_VERSION, vmscan_version=__version__, started_at=now_iso()
+    )
+    results: list[ImageResult | None] = [None] * len(sources)
+    ctx = mp.get_context("fork")
+    pending = list(enumerate(sources))
+    running: list[_Running] = []
+    jobs = max(1, opts.jobs)
+
+    def finish(idx: int, res: ImageResult) -> None:
+        results[idx] = res
+        if on_image_done:
+            on_image_done(res)
+        if progress:
+            progress(res)
+
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                idx, label = pending.pop(0)
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(label, opts, child), daemon=False)
+                proc.start()
+                child.close()
+                running.append(_Running(label, idx, proc, parent, time.monotonic() + opts.timeout))
+            timeout = max(0.1, min(r.deadline for r in running) - time.monotonic())
+            ready = wait([r.conn for r in running], timeout=timeout)
+            now = time.monotonic()
+            for r in list(running):
+                res: ImageResult | None = None
+                if r.conn in ready:
+                    try:
+                        res = r.conn.recv()
+                    except (EOFError, OSError):
+                        res = ImageResult(
+                            source=r.label,
+                            status=ImageStatus.ERROR,
+                            errors=["the scan worker died (killed or crashed)"],
+                        )
+                    r.proc.join(30)
+                    _kill_group(r.proc)  # stray qemu, if any
+                elif now >= r.deadline:
+                    _kill_group(r.proc)
+                    res = ImageResult(
+                        source=r.label,
+                        status=ImageStatus.ERROR,
+                        errors=[f"timed out after {opts.timeout:g} s (--timeout); scan abandoned"],
+                    )
+                if res is not None:
+                    r.conn.close()
+                    running.remove(r)
+                    finish(r.index, res)
+    finally:
+        for r in running:
+            _kill_group(r.proc)
+    result.images = [r for r in results if r is not None]
+    result.finished_at = now_iso()
+    return result
