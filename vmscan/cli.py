@@ -263,8 +263,26 @@ def cmd_scan(args: argparse.Namespace) -> int:
         for err in img.errors[:3]:
             log.info("%s: %s", img.source, err)
 
+    file_bars: dict[str, Any] = {}
+
+    def file_progress(label: str, done: int) -> None:
+        if bar is None:
+            return
+        from tqdm import tqdm
+
+        fb = file_bars.get(label)
+        if fb is None:
+            fb = file_bars[label] = tqdm(
+                desc=Path(label).name[:30], unit="file", file=sys.stderr, leave=False
+            )
+        fb.update(done - fb.n)
+
     with _managed_services(opts):
-        result = scan_sources(list(args.sources), opts, progress=progress)
+        result = scan_sources(
+            list(args.sources), opts, progress=progress, file_progress=file_progress
+        )
+    for fb in file_bars.values():
+        fb.close()
     if bar is not None:
         bar.close()
     data = finalize_report(result)

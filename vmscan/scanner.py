@@ -208,7 +208,7 @@ def _scan_mounted(
     fs_by_dev: dict[str, Filesystem],
 ) -> None:
     g = sess.g
-    entries, problems = build_manifest(g, mounts)
+    entries, problems = build_manifest(g, mounts, progress=_file_progress)
     for p in problems[:50]:
         result.errors.append(p)
     if len(problems) > 50:
@@ -288,10 +288,25 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
         # Shortest mountpoint first so that /boot lands on top of /.
         for mp_ in sorted(mps, key=lambda m: (len(m), m)):
             dev = mps[mp_]
+            if dev not in fs_by_dev:
+                # Named by the guest's fstab but not a device of this image set.
+                partial = True
+                result.filesystems.append(
+                    Filesystem(
+                        device=dev,
+                        type="absent",
+                        mountpoint=mp_,
+                        mounted=False,
+                        error="device not present in this image",
+                    )
+                )
+                result.errors.append(
+                    f"{root_dev}: the guest mounts {dev} on {mp_}, but that device is not in "
+                    f"this image (a disk missing from the image set?); its files were not scanned"
+                )
+                continue
             err = sess.mount_ro(dev, mp_)
-            fsr = fs_by_dev.setdefault(dev, Filesystem(device=dev, type="unknown"))
-            if fsr not in result.filesystems:
-                result.filesystems.append(fsr)
+            fsr = fs_by_dev[dev]
             if err:
                 fsr.error = err
                 partial = True
@@ -308,7 +323,7 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
         fs = LibguestfsFS(g)
         if os_info.type == "linux":
             _os_release_into(fs, os_info)
-            for spec, mpoint, line in _fstab_missing(fs, {m for m, _ in mounted}):
+            for spec, mpoint, line in _fstab_missing(fs, set(mps)):
                 partial = True
                 msg = (
                     f"{root_dev}: /etc/fstab line {line}: {spec} on {mpoint} is not in this "
@@ -384,9 +399,26 @@ def _scan_data_disks(
 # Many images in parallel
 
 
+_progress_conn: Connection | None = None
+_progress_last = 0.0
+
+
+def _file_progress(done: int) -> None:
+    """Tell the parent how many files this worker has hashed (throttled)."""
+    global _progress_last
+    now = time.monotonic()
+    if _progress_conn is None or now - _progress_last < 0.5:
+        return
+    _progress_last = now
+    with contextlib.suppress(OSError):
+        _progress_conn.send(("files", done))
+
+
 def _worker(label: str, opts: ScanOptions, conn: Connection) -> None:
+    global _progress_conn
     # Own process group: the parent kills the whole group (qemu included) on timeout.
     os.setpgrp()
+    _progress_conn = conn
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     res = scan_image(label, opts)
     try:
@@ -417,6 +449,7 @@ def scan_sources(
     opts: ScanOptions,
     on_image_done: Callable[[ImageResult], None] | None = None,
     progress: Callable[[ImageResult], None] | None = None,
+    file_progress: Callable[[str, int], None] | None = None,
 ) -> ScanResult:
     """Scan every source, ``opts.jobs`` at a time; results keep the order of *sources*."""
     result = ScanResult(
@@ -451,7 +484,12 @@ def scan_sources(
                 res: ImageResult | None = None
                 if r.conn in ready:
                     try:
-                        res = r.conn.recv()
+                        msg = r.conn.recv()
+                        if isinstance(msg, tuple):  # ("files", n): progress, not the end
+                            if file_progress:
+                                file_progress(r.label, int(msg[1]))
+                            continue
+                        res = msg
                     except (EOFError, OSError):
                         res = ImageResult(
                             source=r.label,
