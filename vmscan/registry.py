@@ -7,12 +7,23 @@ from vmscan.plugins import Cataloger, Check
 
 def all_catalogers() -> tuple[Cataloger, ...]:
     """Every package cataloger, in the order they run."""
-    return ()
+    from vmscan.catalog import ALL_CATALOGERS
+
+    return ALL_CATALOGERS
 
 
 def all_checks() -> tuple[Check, ...]:
-    """Every check, in the order they run (inventory-dependent checks last)."""
-    return ()
+    """Every check, in the order they run.
+
+    The licence check runs before the patch check so that exports see licences;
+    the migration check last, as it reads the inventory and PE data of the others.
+    """
+    from vmscan.checks.antivirus import AntivirusCheck
+    from vmscan.checks.license import LicenseCheck
+    from vmscan.checks.migration import MigrationCheck
+    from vmscan.checks.patch import PatchCheck
+
+    return (AntivirusCheck(), LicenseCheck(), PatchCheck(), MigrationCheck())
 
 
 def catalogers_for(checks: tuple[str, ...]) -> tuple[Cataloger, ...]:

@@ -414,10 +414,27 @@ def _file_progress(done: int) -> None:
         _progress_conn.send(("files", done))
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the parent dies (even by SIGKILL).
+
+    The worker has its own process group, so a kill of the parent's group would
+    not reach it; libguestfs' recovery process then takes qemu down with it.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+
+
 def _worker(label: str, opts: ScanOptions, conn: Connection) -> None:
     global _progress_conn
     # Own process group: the parent kills the whole group (qemu included) on timeout.
     os.setpgrp()
+    _die_with_parent()
     _progress_conn = conn
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     res = scan_image(label, opts)

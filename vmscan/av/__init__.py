@@ -1,0 +1,1 @@
+"""Antivirus support: clamd client and manager, signature files, verdict cache, streaming."""

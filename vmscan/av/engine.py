@@ -1,0 +1,785 @@
+"""Scans one guest root: hash-first, verdict cache, then file content streamed to clamd.
+
+Bulk content leaves the appliance in one ``tar_out`` of "/" written into a FIFO and read
+member by member on the host (never one libguestfs round trip per file); files that need
+no streaming (cached, hash hits, too large, out of scope, duplicates of other content)
+are excluded from the tar. Each member goes to clamd over INSTREAM while the next one is
+being read; several streams are in flight at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import logging
+import os
+import sqlite3
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from vmscan.av.archive_limits import exceeds_limits
+from vmscan.av.cache import VerdictCache
+from vmscan.av.clamd_client import (
+    CHUNK,
+    ClamdClient,
+    ClamdConnectionError,
+    ScanReply,
+    Verdict,
+)
+from vmscan.av.clamd_manager import ClamdLimits, restart_managed
+from vmscan.av.magic import HEAD_SIZE, classify, in_scope
+from vmscan.av.paths import decode_path, encode_path, tar_exclude_pattern
+from vmscan.av.signatures import HashSignature, match_hash, normalize_name
+from vmscan.errors import GuestReadError
+from vmscan.guestfs_view import GuestFS
+from vmscan.model import FileEntry
+from vmscan.pe import MAX_PE_SIZE, PEInfo, is_pe, pe_info
+
+log = logging.getLogger(__name__)
+
+#: Members up to this size are read whole into memory and scanned from a worker thread;
+#: larger ones are streamed piece by piece while they are read.
+BUFFER_MAX = 16 * 1024 * 1024
+#: The libguestfs protocol caps one message at 4 MB: the exclude list must stay below.
+EXCLUDES_BUDGET = 2_500_000
+#: After the tar pass, at most this many missing files are fetched one by one.
+FALLBACK_MAX = 500
+KIND_PE = "pe"
+#: Files read one by one for PE facts only (not streamed: hash hits, too large for clamd).
+PE_EXTRA_MAX = 200
+
+
+class Reason:
+    """``not_scanned`` reasons."""
+
+    TOO_LARGE = "too_large"
+    UNREADABLE = "unreadable"
+    SCAN_ERROR = "scan_error"
+
+
+@dataclass
+class Outcome:
+    """What became of one content (one SHA-256); shared by every path holding it."""
+
+    verdict: str  # "clean" | "found" | "not_scanned" | "out_of_scope"
+    signature: str = ""
+    reason: str = ""
+    source: str = ""  # "hash" | "cache" | "clamd"
+    detail: str = ""
+
+
+@dataclass
+class RootAvResult:
+    """Per-root result of the antivirus scan (the check turns it into findings/sections)."""
+
+    outcomes: dict[str, tuple[FileEntry, Outcome]] = field(default_factory=dict)
+    files_total: int = 0
+    files_scanned: int = 0
+    files_from_cache: int = 0
+    files_hash_matched: int = 0
+    files_out_of_scope: int = 0
+    files_streamed: int = 0
+    bytes_streamed: int = 0
+    stream_seconds: float = 0.0
+    bytes_read: int = 0
+    clamd_restarts: int = 0
+    clamd_died: bool = False
+    method: str = ""
+    notes: list[str] = field(default_factory=list)
+    pe: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """A content that must be streamed: its representative entry and all its entries."""
+
+    sha256: str
+    entry: FileEntry
+    entries: list[FileEntry]
+
+
+class ClamdLink:
+    """clamd calls with one restart-and-retry (managed) or none (external)."""
+
+    def __init__(self, client: ClamdClient, managed: bool, max_restarts: int = 3) -> None:
+        self.client = client
+        self.managed = managed
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.died = False
+        self.dead = False
+        self._lock = threading.Lock()
+
+    def recover(self) -> bool:
+        """After a failed conversation: True when clamd answers (again) and a retry makes sense."""
+        with self._lock:
+            if self.dead:
+                return False
+            if self.client.ping():
+                return True
+            self.died = True
+            if self.managed and self.restarts < self.max_restarts:
+                self.restarts += 1
+                if restart_managed(self.client.address):
+                    return True
+            self.dead = True
+            return False
+
+    def scan(self, data: bytes) -> tuple[ScanReply, int]:
+        """Scan one buffer; ClamdConnectionError when clamd stays unreachable."""
+        for attempt in range(2):
+            if self.dead:
+                raise ClamdConnectionError("clamd is unavailable")
+            try:
+                stream = self.client.open_stream()
+                stream.write(data)
+                return stream.finish(), stream.bytes_sent
+            except ClamdConnectionError:
+                if attempt == 1 or not self.recover():
+                    raise
+        raise ClamdConnectionError("unreachable")  # pragma: no cover
+
+
+def severity_of(signature: str) -> str:
+    """critical for malware, high for potentially unwanted programs and heuristics."""
+    s = signature
+    if s.startswith(("PUA.", "Heuristics.")) or ".PUA." in s or s.startswith("Clamav.PUA"):
+        return "high"
+    return "critical"
+
+
+def _raw(path: str) -> bytes:
+    return decode_path(path)
+
+
+def build_excludes(
+    all_entries: Iterable[FileEntry], keep: set[str], budget: int = EXCLUDES_BUDGET
+) -> list[str]:
+    """tar exclude patterns for every file not in *keep* (paths), whole folders when possible.
+
+    Largest files are excluded first when the list would not fit in one libguestfs message;
+    the rest are skipped on the host.
+    """
+    # Folder -> does it hold a kept file somewhere below?
+    keep_dirs: set[bytes] = set()
+    for p in keep:
+        raw = _raw(p)
+        while True:
+            raw = raw.rsplit(b"/", 1)[0]
+            if not raw or raw in keep_dirs:
+                break
+            keep_dirs.add(raw)
+    cands: dict[bytes, int] = {}
+    for e in all_entries:
+        if e.path in keep:
+            continue
+        raw = _raw(e.path)
+        # Climb to the highest folder with nothing kept below it.
+        top = raw
+        parent = raw.rsplit(b"/", 1)[0]
+        while parent and parent not in keep_dirs:
+            top = parent
+            parent = parent.rsplit(b"/", 1)[0]
+        cands[top] = cands.get(top, 0) + max(e.size, 1)
+    out: list[str] = []
+    used = 0
+    for top, _size in sorted(cands.items(), key=lambda kv: (-kv[1], kv[0])):
+        pat = tar_exclude_pattern(top.lstrip(b"/"))
+        if pat is None:
+            continue
+        if used + len(pat) + 16 > budget:
+            continue
+        used += len(pat) + 16
+        out.append(pat)
+    return sorted(out)
+
+
+#: What one guest read may raise: a name the libguestfs binding cannot pass (not UTF-8)
+#: raises UnicodeEncodeError, a ValueError; one bad file never stops the scan.
+_READ_ERRORS = (GuestReadError, ValueError, RuntimeError, OSError)
+
+
+def _read(fs: GuestFS, path: str, limit: int) -> bytes:
+    try:
+        return fs.read_bytes(path, limit)
+    except ValueError:
+        # HostDirFS before the lead's fix turned "/x" into "//x"; a relative path works.
+        try:
+            return fs.read_bytes(path.lstrip("/"), limit)
+        except ValueError as e:
+            raise GuestReadError(f"{path}: {e}") from e
+
+
+def _head(fs: GuestFS, path: str, size: int) -> bytes:
+    try:
+        return fs.read_head(path, size)
+    except ValueError:
+        try:
+            return fs.read_head(path.lstrip("/"), size)
+        except ValueError as e:
+            raise GuestReadError(f"{path}: {e}") from e
+
+
+class _TarSource:
+    """``g.tar_out("/")`` into a FIFO, read on the host as a stream of members."""
+
+    def __init__(self, handle: Any, excludes: list[str]) -> None:
+        self.handle = handle
+        self.excludes = excludes
+        self.error: str | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="vmscan-av-")
+        self.fifo = os.path.join(self._tmp.name, "tar.fifo")
+        os.mkfifo(self.fifo, 0o600)
+        self._reader_done = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="vmscan-tar-out", daemon=True)
+        self._fh: IO[bytes] | None = None
+
+    def _produce(self) -> None:
+        try:
+            self.handle.tar_out("/", self.fifo, excludes=self.excludes or None, numericowner=True)
+        except RuntimeError as e:
+            self.error = str(e)
+        finally:
+            # Wake a reader that is still waiting in open() (tar_out failed early).
+            while not self._reader_done.is_set():
+                try:
+                    fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as e:
+                    if e.errno != errno.ENXIO:
+                        break
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                break
+
+    def members(self) -> Iterator[tuple[bytes, tarfile.TarInfo, tarfile.TarFile]]:
+        self._thread.start()
+        self._fh = open(self.fifo, "rb", buffering=1024 * 1024)  # noqa: SIM115
+        try:
+            tf = tarfile.open(  # noqa: SIM115 - closed with the FIFO in close()
+                fileobj=self._fh, mode="r|", encoding="utf-8", errors="surrogateescape"
+            )
+            for m in tf:
+                name = m.name.encode("utf-8", "surrogateescape")
+                if name.startswith(b"./"):
+                    name = name[2:]
+                yield b"/" + name.lstrip(b"/"), m, tf
+        except (tarfile.TarError, EOFError, OSError) as e:
+            self.error = self.error or f"reading the tar stream: {e}"
+
+    def close(self, cancel: bool) -> None:
+        if cancel:
+            with contextlib.suppress(Exception):
+                self.handle.user_cancel()
+        if self._fh is not None:
+            self._fh.close()
+        self._reader_done.set()
+        if self._thread.is_alive():
+            self._thread.join(600)
+        self._tmp.cleanup()
+
+
+class RootScanner:
+    """Scans the manifest of one root (see module docstring)."""
+
+    def __init__(
+        self,
+        link: ClamdLink,
+        *,
+        engine: str,
+        hash_table: dict[str, list[HashSignature]],
+        limits: ClamdLimits,
+        scope: frozenset[str] | None = None,
+        cache: VerdictCache | None = None,
+        streams: int = 4,
+        collect_pe: bool = True,
+    ) -> None:
+        self.link = link
+        self.engine = engine
+        self.hash_table = hash_table
+        self.limits = limits
+        self.largest = limits.largest_file
+        self.scope = scope
+        self.cache = cache
+        self.streams = max(1, streams)
+        self.collect_pe = collect_pe
+        self._lock = threading.Lock()
+        # Cache rows are written by the planning thread at the end (one sqlite connection
+        # per thread would be needed otherwise), in short transactions.
+        self._verdict_rows: list[tuple[str, str, str]] = []
+        self._kind_rows: list[tuple[str, frozenset[str]]] = []
+        self._pe_rows: list[tuple[str, dict[str, Any]]] = []
+        self._retry: list[_Pending] = []
+        self._sniffed: set[str] = set()
+
+    # ---- planning ------------------------------------------------------------------------
+
+    def scan(self, fs: GuestFS, handle: Any, manifest: list[FileEntry]) -> RootAvResult:
+        res = RootAvResult(files_total=len(manifest))
+        by_sha: dict[str, list[FileEntry]] = {}
+        for e in manifest:
+            if e.sha256 is None:
+                res.outcomes[e.path] = (
+                    e,
+                    Outcome(
+                        "not_scanned",
+                        reason=Reason.UNREADABLE,
+                        detail=e.error or "could not be read",
+                    ),
+                )
+                continue
+            by_sha.setdefault(e.sha256.lower(), []).append(e)
+        cached = self.cache.lookup(by_sha) if self.cache else {}
+        kinds_known = self.cache.kinds(by_sha) if self.cache else {}
+        pending: dict[str, _Pending] = {}
+        for sha, entries in by_sha.items():
+            first = entries[0]
+            sig = match_hash(self.hash_table, sha, first.size)
+            if sig is not None:
+                self._set(res, entries, Outcome("found", normalize_name(sig.name), source="hash"))
+                res.files_hash_matched += len(entries)
+                continue
+            cv = cached.get(sha)
+            if cv is not None:
+                if cv.verdict == Reason.TOO_LARGE:
+                    outcome = Outcome(
+                        "not_scanned", reason=Reason.TOO_LARGE, detail=cv.signature, source="cache"
+                    )
+                else:
+                    outcome = Outcome(cv.verdict, cv.signature, source="cache")
+                self._set(res, entries, outcome)
+                res.files_from_cache += len(entries)
+                continue
+            kinds = kinds_known.get(sha)
+            if kinds is not None and not in_scope(kinds, self.scope):
+                self._set(res, entries, Outcome("out_of_scope"))
+                res.files_out_of_scope += len(entries)
+                continue
+            if first.size > self.largest:
+                if kinds is None and self.scope is not None:
+                    kinds = self._sniff_one(fs, sha, first)
+                if kinds is not None and not in_scope(kinds, self.scope):
+                    self._set(res, entries, Outcome("out_of_scope"))
+                    res.files_out_of_scope += len(entries)
+                    continue
+                self._set(
+                    res,
+                    entries,
+                    Outcome(
+                        "not_scanned",
+                        reason=Reason.TOO_LARGE,
+                        detail=f"{first.size} bytes is over clamd's {self.largest} byte limit",
+                    ),
+                )
+                continue
+            pending[sha] = _Pending(sha, first, entries)
+        pe_known = self._pe_from_cache(fs, res, by_sha, kinds_known)
+        if pending:
+            t0 = time.monotonic()
+            if handle is not None:
+                self._scan_tar(fs, handle, manifest, pending, res)
+            else:
+                res.method = "read_bytes"
+                self._scan_each(fs, list(pending.values()), pending, res)
+            res.stream_seconds = time.monotonic() - t0
+        if self.collect_pe:
+            self._pe_extra(fs, res, by_sha, kinds_known, pe_known)
+        # Safety net: a file with no verdict is never silently taken for clean.
+        for e in manifest:
+            if e.path not in res.outcomes:
+                res.outcomes[e.path] = (
+                    e,
+                    Outcome(
+                        "not_scanned", reason=Reason.SCAN_ERROR, detail="no verdict was obtained"
+                    ),
+                )
+        self._flush_cache(res)
+        res.clamd_restarts = self.link.restarts
+        res.clamd_died = self.link.died
+        return res
+
+    def _sniff_one(self, fs: GuestFS, sha: str, entry: FileEntry) -> frozenset[str] | None:
+        """Kinds of a file that will not be streamed (too large), from its head: with a
+        narrowed scope it is either out of scope or really not scanned. One read each;
+        such files are few."""
+        path = decode_path(entry.path).decode("utf-8", "surrogateescape")
+        try:
+            head = _head(fs, path, HEAD_SIZE)
+        except _READ_ERRORS:
+            return None
+        kinds = classify(head) | ({KIND_PE} if is_pe(head) else frozenset())
+        self._kind_rows.append((sha, kinds))
+        return kinds
+
+    def _flush_cache(self, res: RootAvResult) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.cache.store(self._verdict_rows)
+            self.cache.store_kinds(self._kind_rows)
+            self.cache.store_pe_infos(self._pe_rows)
+        except sqlite3.Error as e:
+            res.notes.append(f"verdict cache not updated: {e}")
+        self._verdict_rows, self._kind_rows, self._pe_rows = [], [], []
+
+    def _set(self, res: RootAvResult, entries: list[FileEntry], outcome: Outcome) -> None:
+        with self._lock:
+            for e in entries:
+                res.outcomes[e.path] = (e, outcome)
+
+    # ---- PE facts ------------------------------------------------------------------------
+
+    def _pe_from_cache(
+        self,
+        fs: GuestFS,
+        res: RootAvResult,
+        by_sha: dict[str, list[FileEntry]],
+        kinds_known: dict[str, frozenset[str]],
+    ) -> set[str]:
+        """PE facts of contents that will not be streamed this time (cached from before)."""
+        if not self.collect_pe or self.cache is None:
+            return set()
+        shas = [s for s, k in kinds_known.items() if KIND_PE in k and s in by_sha]
+        infos = self.cache.pe_infos(shas)
+        for sha, info in infos.items():
+            self._add_pe(res, by_sha[sha], sha, info)
+        return set(infos)
+
+    def _pe_extra(
+        self,
+        fs: GuestFS,
+        res: RootAvResult,
+        by_sha: dict[str, list[FileEntry]],
+        kinds_known: dict[str, frozenset[str]],
+        pe_known: set[str],
+    ) -> None:
+        """PE facts of contents not sniffed in the stream (hash hits, too large for clamd)."""
+        todo = [
+            sha
+            for sha, entries in by_sha.items()
+            if sha not in self._sniffed
+            and sha not in pe_known
+            and entries[0].size <= MAX_PE_SIZE
+            and (sha not in kinds_known or KIND_PE in kinds_known[sha])
+        ]
+        for sha in todo[:PE_EXTRA_MAX]:
+            entries = by_sha[sha]
+            path = decode_path(entries[0].path).decode("utf-8", "surrogateescape")
+            try:
+                head = _head(fs, path, HEAD_SIZE)
+                kinds = classify(head) | ({KIND_PE} if is_pe(head) else set())
+                self._kind_rows.append((sha, frozenset(kinds)))
+                if KIND_PE not in kinds:
+                    continue
+                data = _read(fs, path, MAX_PE_SIZE)
+            except _READ_ERRORS as e:
+                res.notes.append(f"{entries[0].path}: PE not read: {e}")
+                continue
+            self._pe_seen(res, _Pending(sha, entries[0], entries), data)
+        if len(todo) > PE_EXTRA_MAX:
+            res.notes.append(f"{len(todo) - PE_EXTRA_MAX} files not checked for PE facts")
+
+    def _add_pe(
+        self,
+        res: RootAvResult,
+        entries: list[FileEntry],
+        sha: str,
+        info: dict[str, Any] | None,
+        note: str = "",
+    ) -> None:
+        with self._lock:
+            for e in entries:
+                row: dict[str, Any] = {"path": e.path, "sha256": sha}
+                if info is None:
+                    row["note"] = note or "pefile could not parse it"
+                else:
+                    row.update(info)
+                res.pe.append(row)
+
+    def _pe_seen(self, res: RootAvResult, p: _Pending, data: bytes) -> None:
+        info = pe_info(data)
+        d = info.to_dict() if isinstance(info, PEInfo) else None
+        self._add_pe(res, p.entries, p.sha256, d)
+        if d is not None:
+            with self._lock:
+                self._pe_rows.append((p.sha256, d))
+
+    # ---- content sources -------------------------------------------------------------------
+
+    def _scan_tar(
+        self,
+        fs: GuestFS,
+        handle: Any,
+        manifest: list[FileEntry],
+        pending: dict[str, _Pending],
+        res: RootAvResult,
+    ) -> None:
+        res.method = "tar_out"
+        keep = {p.entry.path for p in pending.values()}
+        by_path = {p.entry.path: p for p in pending.values()}
+        excludes = build_excludes(manifest, keep)
+        src = _TarSource(handle, excludes)
+        done: set[str] = set()
+        finished = False
+        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="vmscan-clamd")
+        slots = threading.BoundedSemaphore(self.streams * 2)
+        futures: list[Future[None]] = []
+        try:
+            for raw, member, tf in src.members():
+                # Stop the transfer when clamd is gone or nothing more is wanted from it.
+                if self.link.dead or len(done) == len(pending):
+                    break
+                p = by_path.get(encode_path(raw))
+                if p is None or p.sha256 in done or not member.isreg():
+                    continue
+                done.add(p.sha256)
+                fh = tf.extractfile(member)
+                if fh is None:
+                    continue
+                self._feed(res, p, member.size, fh, pool, slots, futures)
+            else:
+                finished = True
+        finally:
+            src.close(cancel=not finished)
+            for f in futures:
+                f.result()
+            pool.shutdown(wait=True)
+        if src.error and finished:
+            res.notes.append(f"tar_out: {src.error}")
+        missing = [p for s, p in pending.items() if s not in done] + self._retry
+        self._retry = []
+        if missing:
+            self._scan_each(fs, missing, pending, res)
+
+    def _scan_each(
+        self, fs: GuestFS, items: list[_Pending], pending: dict[str, _Pending], res: RootAvResult
+    ) -> None:
+        """One read per file: HostDirFS, and files the tar stream did not deliver."""
+        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="vmscan-clamd")
+        slots = threading.BoundedSemaphore(self.streams * 2)
+        futures: list[Future[None]] = []
+        try:
+            for n, p in enumerate(items):
+                if self.link.dead:
+                    self._set(
+                        res,
+                        p.entries,
+                        Outcome(
+                            "not_scanned", reason=Reason.SCAN_ERROR, detail="clamd is unavailable"
+                        ),
+                    )
+                    continue
+                if n >= FALLBACK_MAX and res.method == "tar_out":
+                    self._set(
+                        res,
+                        p.entries,
+                        Outcome(
+                            "not_scanned",
+                            reason=Reason.UNREADABLE,
+                            detail="not delivered by tar_out",
+                        ),
+                    )
+                    continue
+                path = decode_path(p.entry.path).decode("utf-8", "surrogateescape")
+                try:
+                    data = _read(fs, path, self.largest)
+                except _READ_ERRORS as e:
+                    self._set(
+                        res,
+                        p.entries,
+                        Outcome("not_scanned", reason=Reason.UNREADABLE, detail=str(e)[:300]),
+                    )
+                    continue
+                self._feed(res, p, len(data), io.BytesIO(data), pool, slots, futures)
+        finally:
+            for f in futures:
+                f.result()
+            pool.shutdown(wait=True)
+
+    # ---- streaming ---------------------------------------------------------------------------
+
+    def _feed(
+        self,
+        res: RootAvResult,
+        p: _Pending,
+        size: int,
+        fh: IO[bytes],
+        pool: ThreadPoolExecutor,
+        slots: threading.BoundedSemaphore,
+        futures: list[Future[None]],
+    ) -> None:
+        """Read one content and get it scanned (buffered in a worker, or streamed here)."""
+        try:
+            head = fh.read(min(HEAD_SIZE, size)) if size else b""
+        except (OSError, tarfile.TarError) as e:
+            self._set(
+                res,
+                p.entries,
+                Outcome("not_scanned", reason=Reason.UNREADABLE, detail=str(e)[:300]),
+            )
+            return
+        self._sniffed.add(p.sha256)
+        kinds = classify(head)
+        if is_pe(head):
+            kinds = kinds | {KIND_PE}
+        with self._lock:
+            self._kind_rows.append((p.sha256, kinds))
+        if not in_scope(kinds, self.scope):
+            self._set(res, p.entries, Outcome("out_of_scope"))
+            with self._lock:
+                res.files_out_of_scope += len(p.entries)
+            return
+        want_pe = self.collect_pe and KIND_PE in kinds and size <= MAX_PE_SIZE
+        archive = "archives" in kinds
+        if size <= BUFFER_MAX:
+            try:
+                data = head + fh.read(size - len(head))
+            except (OSError, tarfile.TarError) as e:
+                self._set(
+                    res,
+                    p.entries,
+                    Outcome("not_scanned", reason=Reason.UNREADABLE, detail=str(e)[:300]),
+                )
+                return
+            with self._lock:
+                res.bytes_read += len(data)
+            slots.acquire()
+
+            def job() -> None:
+                try:
+                    self._scan_buffer(res, p, data, archive)
+                    if want_pe:
+                        self._pe_seen(res, p, data)
+                finally:
+                    slots.release()
+
+            futures.append(pool.submit(job))
+            return
+        self._scan_large(res, p, size, head, fh, want_pe, archive)
+
+    def _verify_sha(self, res: RootAvResult, p: _Pending, got: str) -> None:
+        if got != p.sha256:
+            res.notes.append(
+                f"{p.entry.path}: content streamed has SHA-256 {got}, manifest says {p.sha256}"
+            )
+
+    def _archive_guard(self, reply: ScanReply, archive: bool, fh: IO[bytes]) -> ScanReply:
+        """clamd said OK for an archive: make sure it did not skip part of it."""
+        if reply.verdict is not Verdict.CLEAN or not archive:
+            return reply
+        why = exceeds_limits(fh, self.limits)
+        if why is None:
+            return reply
+        return ScanReply(Verdict.TOO_LARGE, f"Heuristics.Limits.Exceeded.{why}", reply.raw)
+
+    def _scan_buffer(self, res: RootAvResult, p: _Pending, data: bytes, archive: bool) -> None:
+        self._verify_sha(res, p, hashlib.sha256(data).hexdigest())
+        try:
+            reply, sent = self.link.scan(data)
+        except ClamdConnectionError as e:
+            self._set(
+                res,
+                p.entries,
+                Outcome("not_scanned", reason=Reason.SCAN_ERROR, detail=str(e)[:300]),
+            )
+            return
+        self._record(res, p, self._archive_guard(reply, archive, io.BytesIO(data)), sent)
+
+    def _scan_large(
+        self,
+        res: RootAvResult,
+        p: _Pending,
+        size: int,
+        head: bytes,
+        fh: IO[bytes],
+        want_pe: bool,
+        archive: bool,
+    ) -> None:
+        """Stream a big member while reading it; the read cannot be repeated, so a clamd
+        failure mid-stream leaves it not scanned (after a recovery for the next files)."""
+        h = hashlib.sha256(head)
+        keep = want_pe or archive
+        spool: IO[bytes] | None = tempfile.TemporaryFile() if keep else None  # noqa: SIM115
+        try:
+            try:
+                stream = self.link.client.open_stream()
+            except ClamdConnectionError as e:
+                if self.link.recover():
+                    stream = self.link.client.open_stream()
+                else:
+                    raise e
+            piece = head
+            read = len(head)
+            while True:
+                if piece:
+                    stream.write(piece)
+                    if spool is not None:
+                        spool.write(piece)
+                if read >= size:
+                    break
+                piece = fh.read(min(CHUNK * 4, size - read))
+                if not piece:
+                    break
+                h.update(piece)
+                read += len(piece)
+            reply = stream.finish()
+            with self._lock:
+                res.bytes_read += read
+            self._verify_sha(res, p, h.hexdigest())
+            if spool is not None:
+                reply = self._archive_guard(reply, archive, spool)
+            self._record(res, p, reply, stream.bytes_sent)
+            if spool is not None and want_pe:
+                spool.seek(0)
+                self._pe_seen(res, p, spool.read(MAX_PE_SIZE + 1))
+        except ClamdConnectionError as e:
+            if self.link.recover():
+                # The tar member cannot be read twice: fetch it again after the tar pass.
+                with self._lock:
+                    self._retry.append(p)
+            else:
+                self._set(
+                    res,
+                    p.entries,
+                    Outcome("not_scanned", reason=Reason.SCAN_ERROR, detail=str(e)[:300]),
+                )
+        except (OSError, tarfile.TarError) as e:
+            self._set(
+                res,
+                p.entries,
+                Outcome("not_scanned", reason=Reason.UNREADABLE, detail=str(e)[:300]),
+            )
+        finally:
+            if spool is not None:
+                spool.close()
+
+    def _record(self, res: RootAvResult, p: _Pending, reply: ScanReply, sent: int) -> None:
+        with self._lock:
+            res.files_streamed += 1
+            res.bytes_streamed += sent
+        if reply.verdict is Verdict.CLEAN:
+            outcome = Outcome("clean", source="clamd")
+        elif reply.verdict is Verdict.FOUND:
+            outcome = Outcome("found", normalize_name(reply.signature), source="clamd")
+        elif reply.verdict is Verdict.TOO_LARGE:
+            outcome = Outcome(
+                "not_scanned", reason=Reason.TOO_LARGE, detail=reply.signature or reply.raw
+            )
+        else:
+            outcome = Outcome("not_scanned", reason=Reason.SCAN_ERROR, detail=reply.raw[:300])
+        self._set(res, p.entries, outcome)
+        if outcome.verdict != "not_scanned":
+            with self._lock:
+                res.files_scanned += len(p.entries)
+                self._verdict_rows.append((p.sha256, outcome.verdict, outcome.signature))
+        elif outcome.reason == Reason.TOO_LARGE:
+            with self._lock:
+                self._verdict_rows.append((p.sha256, Reason.TOO_LARGE, outcome.detail))

@@ -1,0 +1,1 @@
+"""Checks: produce findings for one root from the guest, its packages and its manifest."""

@@ -1,0 +1,1 @@
+"""Licences: SPDX normalisation, dpkg copyright parsing, policy, Windows inventory, fleet."""
