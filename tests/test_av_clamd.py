@@ -568,3 +568,79 @@ def test_worker_process_restarts_and_owner_stops() -> None:
         not Path(f"/proc/{second}/cmdline").exists()
         or not Path(f"/proc/{second}/cmdline").read_bytes()
     )
+
+
+@pytest.mark.guest
+@pytest.mark.parametrize("mode", ["managed", "external"])
+def test_guest_clamd_killed_mid_scan(
+    guest: tuple[Any, Path, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    """clamd dies on the third stream of a tar_out scan: restarted (managed) or every
+    remaining file listed as not scanned (external); never a false "clean"."""
+    from vmscan.guestfs_view import LibguestfsFS
+
+    g, _tree, devs = guest
+    manifest = _mounted(g, devs[0])
+    with ManagedClamd(system_db_dir=None, limits=LIMITS) as c:
+        assert c.runtime_dir is not None
+        address = c.address
+        if mode == "external":
+            (tmp_path / "ext").mkdir()
+            os.symlink(c.runtime_dir / "clamd.sock", tmp_path / "ext" / "clamd.sock")
+            address = f"unix:{tmp_path}/ext/clamd.sock"
+        real_open = ClamdClient.open_stream
+        calls = {"n": 0}
+
+        def open_stream(self: ClamdClient) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                pid = pid_of(c)
+                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            return real_open(self)
+
+        monkeypatch.setattr(ClamdClient, "open_stream", open_stream)
+        findings, sec, _ = run_check(
+            LibguestfsFS(g), manifest, {"clamd": address, "av_streams": 1}, handle=g
+        )
+    assert sec["status"] == "incomplete" and "clamd_died" in sec["incomplete_reasons"]
+    found = {f.target for f in findings}
+    not_scanned = {p["path"]: p["reason"] for p in sec["not_scanned"]["paths"]}
+    eicar = {
+        "/usr/share/doc/readme.gz",
+        "/var/lib/misc/state.bin",
+        "/srv/archive.dat",
+        "/home/u/na\\xefve-\\xff.txt",
+    }
+    assert eicar <= found | set(not_scanned)
+    if mode == "managed":
+        assert sec["clamd"]["restarts"] == 1
+        assert eicar <= found
+        assert set(not_scanned.values()) == {"too_large"}
+    else:
+        assert sec["clamd"]["restarts"] == 0
+        assert "scan_error" in not_scanned.values()
+
+
+def test_external_clamd_with_smaller_limits(clamd: ManagedClamd, tmp_path: Path) -> None:
+    """vmscan assumes larger limits than this external clamd has: clamd's own refusal
+    (StreamMaxLength) or alert (MaxFileSize) still ends as too_large, never clean."""
+    root = tmp_path / "g"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "over-stream.bin").write_bytes(os.urandom(4 * MiB))
+    (root / "data" / "over-file.bin").write_bytes(os.urandom(5 * MiB // 2))
+    (root / "data" / "small.bin").write_bytes(b"fine")
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    assert clamd.runtime_dir is not None
+    os.symlink(clamd.runtime_dir / "clamd.sock", ext / "clamd.sock")
+    opts = {"clamd": f"unix:{ext}/clamd.sock", "av_max_file_size": 64 * MiB}
+    _, sec, _ = run_check(HostDirFS(root), manifest_of(root), opts)
+    assert sec["clamd"]["mode"] == "external"
+    reasons = {p["path"]: p["reason"] for p in sec["not_scanned"]["paths"]}
+    assert reasons == {"/data/over-stream.bin": "too_large", "/data/over-file.bin": "too_large"}
+    assert sec["files_scanned"] == 1

@@ -128,6 +128,27 @@ def test_one_guest_hive_at_a_time_and_corrupt(handle: Any) -> None:
         assert hive.child(hive.root(), "Select") is not None
 
 
+def test_guest_hive_and_host_hive_agree(handle: Any, tmp_path: Path) -> None:
+    """The two Hive implementations return the same keys and raw values."""
+    from vmscan.hive import HostHive, walk
+
+    path = "/Windows/System32/config/SOFTWARE"
+    handle.download(path, str(tmp_path / "SOFTWARE"))
+
+    def dump(hive: Any) -> dict[str, dict[str, tuple[int, bytes]]]:
+        out = {"": hive.values(hive.root())}
+        for key, node in walk(hive, hive.root()):
+            out[key] = hive.values(node)
+        return out
+
+    with GuestHive(handle, path) as guest:
+        in_guest = dump(guest)
+    with HostHive(tmp_path / "SOFTWARE") as host:
+        on_host = dump(host)
+    assert in_guest == on_host
+    assert len(in_guest) > 10
+
+
 @pytest.mark.skipif(
     os.environ.get("VMSCAN_REAL_GUESTS") != "1",
     reason="set VMSCAN_REAL_GUESTS=1 to build and scan the debootstrap guest (slow, network)",
@@ -240,3 +261,40 @@ def test_rocky_fixture_guest() -> None:
     assert got["openssl-libs"].version == "1:3.0.7-24.el9"
     assert got["libcurl"].source_name == "curl"
     assert got["rocky-release"].arch == "noarch"
+
+
+def test_mariner_fixture_guest_equals_rpm_qa(tmp_path: Path) -> None:
+    """mariner2-rpm: every package ``rpm -qa`` lists, with epoch, version, release, arch."""
+    if shutil.which("rpm") is None:
+        pytest.skip("rpm not installed")
+    g, _root = _open_fixture("mariner2-rpm")
+    try:
+        os_info = OSInfo(type="linux", os_release_id="mariner", version_id="2.0")
+        ctx = _ctx(os_info)
+        pkgs = RpmCataloger().catalog(LibguestfsFS(g), ctx)
+        (tmp_path / "db").mkdir()
+        g.download("/var/lib/rpm/rpmdb.sqlite", str(tmp_path / "db" / "rpmdb.sqlite"))
+    finally:
+        g.close()
+    out = subprocess.run(
+        [
+            "rpm",
+            "-qa",
+            "--dbpath",
+            str(tmp_path / "db"),
+            "--qf",
+            "%{NAME} %{EPOCH} %{VERSION} %{RELEASE} %{ARCH}\\n",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    expected = sorted(out.splitlines())
+    mine = sorted(
+        f"{p.name} {p.extra['epoch'] if p.extra['epoch'] is not None else '(none)'} "
+        f"{p.extra['version']} {p.extra['release']} {p.arch}"
+        for p in pkgs
+    )
+    assert mine == expected
+    assert len(mine) == 9
+    assert ctx.notes == []

@@ -66,7 +66,8 @@ def _hand_made() -> dict[str, Any]:
                                 "licenses": ["GPL-3.0-or-later", "GPL-2.0-or-later"],
                                 "found_by": "os/dpkg",
                                 "purl": "pkg:deb/debian/bash@5.2.15-2%2Bb2?distro=debian-12",
-                                "extra": {"license_source": "/usr/share/doc/bash/copyright#dep5"},
+                                "license_source": "/usr/share/doc/bash/copyright#dep5",
+                                "extra": {},
                             },
                             {
                                 "name": "curl",

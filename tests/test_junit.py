@@ -179,3 +179,13 @@ def test_info_findings_pass_and_hostile_text_is_escaped(tmp_path: Path) -> None:
     assert "</failure>" in info.find("system-out").text
     fail = cases["MIG-STOR-DEVICE-NAME"].find("failure")
     assert fail.get("message") == "t\ufffd<&>"
+
+
+def test_rule_whose_step_failed_is_an_error(tmp_path: Path) -> None:
+    scan = _report(tmp_path)
+    section = scan["images"][1]["roots"][0]["sections"]["migration"]
+    section["rules_evaluated"].remove("MIG-CAP-LOW-FREE")
+    section["rules_failed"] = {"MIG-CAP-LOW-FREE": "capacity: ValueError: boom"}
+    deb = _xml(scan).findall("testsuite")[1]
+    err = _cases(deb)["MIG-CAP-LOW-FREE"].find("error")
+    assert err is not None and err.get("message") == "capacity: ValueError: boom"

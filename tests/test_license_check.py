@@ -85,10 +85,10 @@ def test_dpkg_licences_policy_and_findings(tmp_path: Path) -> None:
     findings = LicenseCheck().run(fs, ctx)
     by = {p.name: p for p in pkgs}
     assert by["bash"].licenses == ["GPL-3.0-or-later"]
-    assert by["bash"].extra["license_source"] == "/usr/share/doc/bash/copyright#dep5"
+    assert by["bash"].license_source == "/usr/share/doc/bash/copyright#dep5"
     assert by["libfoo1"].licenses == ["MIT"]  # debian/* packaging is not in the binary
     assert by["mystery"].licenses == []
-    assert by["mystery"].extra["license_source"] == "unknown"
+    assert by["mystery"].license_source == "unknown"
     assert by["nodoc"].licenses == []
     assert by["bash"].extra["license_category"] == "reciprocal"
     assert by["libfoo1"].extra["license_category"] == "permissive"
@@ -148,7 +148,7 @@ def test_apk_license_field_corpus() -> None:
     notes: list[str] = []
     fill_licences(_FS("/nonexistent"), pkgs, default_map(), notes)
     assert all(p.licenses for p in pkgs), [p.name for p in pkgs if not p.licenses]
-    assert all(p.extra["license_source"] == "apk:license" for p in pkgs)
+    assert all(p.license_source == "apk:license" for p in pkgs)
     by = {p.name: p for p in pkgs}
     assert any(p.licenses == ["MIT AND BSD-2-Clause AND GPL-2.0-or-later"] for p in pkgs)
     assert notes == []
@@ -168,7 +168,7 @@ def test_rpm_license_tag_corpus() -> None:
     assert by["libcap2"].licenses == ["BSD-3-Clause OR GPL-2.0-only"]
     assert by["libgcc_s1"].licenses == ["GPL-3.0-or-later WITH GCC-exception-3.1"]
     assert by["liblzma5"].licenses == ["LicenseRef-SUSE-Public-Domain"]
-    assert by["bash"].extra["license_source"] == "rpm:LICENSE"
+    assert by["bash"].license_source == "rpm:LICENSE"
     old = parse_db_file(CORPUS / "rpm/centos8-libuuid-bdb/Packages")
     uuid = header_to_package(old.headers[0])
     fill_licences(_FS("/nonexistent"), [uuid], default_map(), [])
@@ -193,6 +193,6 @@ def test_rpm_legacy_tags_and_unparseable() -> None:
         [],
         ["MIT"],
     ]
-    assert pkgs[2].extra["license_source"] == "unknown"
-    assert pkgs[4].extra["license_source"] == "cataloger"
+    assert pkgs[2].license_source == "unknown"
+    assert pkgs[4].license_source == "cataloger"
     assert any("not understood" in n for n in notes)

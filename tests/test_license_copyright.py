@@ -352,3 +352,60 @@ def test_free_text_common_licenses() -> None:
     assert match_text(only) == ["Apache-2.0"]
     # A mention of "the GNU General Public License for more details" names no version.
     assert match_text("See the GNU General Public License for more details.") == []
+
+
+# -- the bulk doc tree (one tar_out from the appliance) -------------------------------
+
+
+def _doc_tar(tmp_path: Path) -> Path:
+    root = tmp_path / "guest"
+    _doc(root, "libfoo-common", (DEP5 + "Files: *\nCopyright: x\nLicense: Zlib\n").encode())
+    _doc(root, "big", b"Files: *\n" * 10)
+    doc = root / "usr/share/doc"
+    os.symlink("libfoo-common", doc / "libfoo1")
+    os.symlink("/usr/share/doc/libfoo-common", doc / "libfoo2")
+    (doc / "libfoo-common" / "changelog.gz").write_bytes(b"x")
+    (doc / "tricky").mkdir()
+    os.symlink("../libfoo-common/copyright", doc / "tricky" / "copyright")
+    out = tmp_path / "doc.tar"
+    import tarfile
+
+    with tarfile.open(out, "w") as tar:
+        tar.add(doc, ".")  # tar_out names members ./pkg/...
+    return out
+
+
+def test_doc_tree_fs_serves_copyright_files(tmp_path: Path) -> None:
+    from vmscan.license.doctree import DocTreeFS
+
+    tree = DocTreeFS.from_tar(_doc_tar(tmp_path), _FS(tmp_path / "empty"))
+    for name in ("libfoo-common", "libfoo1", "libfoo2", "tricky"):
+        res, path = read_package_copyright(tree, name)
+        assert res.licenses == ("Zlib",), name
+        assert path == "/usr/share/doc/libfoo-common/copyright"
+    assert "/usr/share/doc/libfoo-common/changelog.gz" not in tree.entries
+    assert tree.listdir("/usr/share/doc")[:2] == ["big", "libfoo-common"]
+    assert read_package_copyright(tree, "absent")[0].method == "none"
+
+
+def test_prefetch_needs_handle_and_manifest(tmp_path: Path) -> None:
+    from vmscan.license.doctree import expected_tree_bytes, prefetched_docs
+    from vmscan.model import FileEntry
+
+    fs = _FS(tmp_path)
+    notes: list[str] = []
+    with prefetched_docs(None, fs, [], notes) as got:
+        assert got is fs
+
+    def fe(path: str, size: int) -> FileEntry:
+        return FileEntry("d", path, size, 0o100644, 0, 0, 0, None)
+
+    manifest = [
+        fe("/usr/share/doc/a/copyright", 10),
+        fe("/usr/share/doc/a/changelog.Debian.gz", 10_000),
+        fe("/usr/share/doc/a/examples/x.conf", 10_000),
+        fe("/usr/share/doc/b/NEWS", 999),
+        fe("/etc/passwd", 5),
+    ]
+    assert expected_tree_bytes(manifest) == 10
+    assert expected_tree_bytes([]) is None

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from vmscan.checks.license import LicenseCheck
-from vmscan.guestfs_view import LibguestfsFS
+from vmscan.guestfs_view import HostDirFS, LibguestfsFS
+from vmscan.license.copyright import read_package_copyright
 from vmscan.model import FileEntry, OSInfo, Package, RootResult
 from vmscan.plugins import ScanContext
 
@@ -32,6 +33,13 @@ pytestmark = [
 ]
 
 
+class _FS(HostDirFS):
+    """HostDirFS with guest paths made relative first (``//x`` normpath issue, reported)."""
+
+    def _host(self, path: str) -> Path:
+        return super()._host(path.lstrip("/"))
+
+
 def _host_packages() -> list[str]:
     names: list[str] = []
     for para in HOST_STATUS.read_text(errors="replace").split("\n\n"):
@@ -41,29 +49,38 @@ def _host_packages() -> list[str]:
     return names
 
 
-def _tar(out: Path) -> None:
-    """The host's copyright files and doc-dir symlinks, plus the PE files."""
+def _tar(out: Path) -> list[FileEntry]:
+    """The host's copyright files and doc-dir symlinks, plus the PE files; their manifest."""
+    manifest: list[FileEntry] = []
+
+    def add(host: Path, arc: str) -> None:
+        tar.add(host, arc, recursive=False)
+        if host.is_file() and not host.is_symlink():
+            st = host.stat()
+            manifest.append(FileEntry("/dev/sda", "/" + arc, st.st_size, st.st_mode, 0, 0, 0, None))
+
     with tarfile.open(out, "w") as tar:
         for entry in sorted(HOST_DOC.iterdir()):
             arc = f"usr/share/doc/{entry.name}"
             if entry.is_symlink():
-                tar.add(entry, arc, recursive=False)
+                add(entry, arc)
                 continue
             cr = entry / "copyright"
             if entry.is_dir() and (cr.is_file() or cr.is_symlink()):
-                tar.add(entry, arc, recursive=False)
-                tar.add(cr, arc + "/copyright", recursive=False)
-        tar.add(CORPUS / "pe/putty.exe", "Program Files/PuTTY/putty.exe")
-        tar.add(CORPUS / "pe/pwsh.exe", "Program Files/PowerShell/7/pwsh.exe")
+                add(entry, arc)
+                add(cr, arc + "/copyright")
+        add(CORPUS / "pe/putty.exe", "Program Files/PuTTY/putty.exe")
+        add(CORPUS / "pe/pwsh.exe", "Program Files/PowerShell/7/pwsh.exe")
+    return manifest
 
 
 @pytest.fixture(scope="module")
-def handle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[FileEntry]]]:
     guestfs = pytest.importorskip("guestfs")
     os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
     os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
     tar = tmp_path_factory.mktemp("lic") / "tree.tar"
-    _tar(tar)
+    manifest = _tar(tar)
     g = guestfs.GuestFS(python_return_dict=True)
     g.add_drive_scratch(256 * 1024 * 1024)
     g.launch()
@@ -71,12 +88,13 @@ def handle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     g.mount("/dev/sda", "/")
     g.tar_in(str(tar), "/")
     try:
-        yield g
+        yield g, manifest
     finally:
         g.close()
 
 
-def test_debian_licences_in_appliance(handle: Any) -> None:
+def test_debian_licences_in_appliance(guest: tuple[Any, list[FileEntry]]) -> None:
+    handle, manifest = guest
     fs = LibguestfsFS(handle)
     pkgs = [
         Package(name=n, version="1", found_by="os/dpkg", purl=f"pkg:deb/debian/{n}@1")
@@ -84,9 +102,11 @@ def test_debian_licences_in_appliance(handle: Any) -> None:
     ]
     ctx = ScanContext(
         root=RootResult(device="/dev/sda", os=OSInfo(type="linux", distro="debian"), packages=pkgs),
-        manifest=[],
+        manifest=[m for m in manifest if m.path.startswith("/usr/")],
+        handle=handle,  # the doc tree comes in one tar_out
     )
     LicenseCheck().run(fs, ctx)
+    assert not any("one by one" in n for n in ctx.notes), ctx.notes
     by = {p.name: p for p in pkgs}
     with_lic = sum(1 for p in pkgs if p.licenses)
     assert with_lic / len(pkgs) >= 0.95, f"{with_lic}/{len(pkgs)}"
@@ -103,27 +123,34 @@ def test_debian_licences_in_appliance(handle: Any) -> None:
     assert ctx.root.sections["license"]["with_license"] == with_lic
 
 
-def test_windows_programs_on_disk_in_appliance(handle: Any) -> None:
+def test_per_file_reads_agree_with_bulk(guest: tuple[Any, list[FileEntry]]) -> None:
+    """Without a handle (one file at a time through LibguestfsFS): the same answers."""
+    handle, _ = guest
     fs = LibguestfsFS(handle)
-    manifest = [
-        FileEntry(
-            device="/dev/sda",
-            path=p,
-            size=int(handle.filesize(p)),
-            mode=0o100644,
-            uid=0,
-            gid=0,
-            mtime=0,
-            sha256=None,
-        )
-        for p in ("/Program Files/PuTTY/putty.exe", "/Program Files/PowerShell/7/pwsh.exe")
-    ]
+    names = ["bash", "coreutils", "curl", "libc6"]
+    names += [e.name for e in sorted(HOST_DOC.iterdir()) if e.is_symlink()][:8]
+    host = _FS("/")
+    for name in names:
+        got, path = read_package_copyright(fs, name)
+        want, _ = read_package_copyright(host, name)
+        assert got.licenses == want.licenses, name
+        if want.licenses:
+            assert path.endswith("/copyright")
+
+
+def test_windows_programs_on_disk_in_appliance(guest: tuple[Any, list[FileEntry]]) -> None:
+    handle, manifest = guest
+    fs = LibguestfsFS(handle)
     os_info = OSInfo(
         type="windows",
         product_name="Windows Server 2022 Datacenter",
         extra={"edition_id": "ServerDatacenter", "installation_type": "Server"},
     )
-    ctx = ScanContext(root=RootResult(device="/dev/sda", os=os_info), manifest=manifest)
+    ctx = ScanContext(
+        root=RootResult(device="/dev/sda", os=os_info),
+        manifest=[m for m in manifest if m.path.startswith("/Program Files/")],
+        handle=handle,
+    )
     findings = LicenseCheck().run(fs, ctx)
     found = {
         (p.name, p.version, p.extra.get("publisher"))

@@ -228,9 +228,11 @@ def test_license_check_on_windows_root(windows_tree: tuple[Path, list[FileEntry]
     assert ("windows-server", "ServerStandard (Server Core)") in watched
     assert ("sql-server", "2019") in watched
     assert all(f.check == "license" for f in findings)
+    # No per-program "unknown" finding by default (report_windows_programs = false).
+    assert not any(f.rule_id == "license.unknown" for f in findings)
     # Windows programs state no licence: unknown, never guessed.
     assert names["PuTTY suite"].licenses == []
-    assert names["PuTTY suite"].extra["license_source"] == "unknown"
+    assert names["PuTTY suite"].license_source == "unknown"
 
 
 @needs_pe
@@ -245,3 +247,13 @@ def test_mis_encoded_version_resource_gives_an_answer(tmp_path: Path) -> None:
     assert "mis-encoded" in pkg.extra["notes"][0]
     json.dumps(pkg.extra, ensure_ascii=False).encode("utf-8")  # valid text for the report
     shutil.rmtree(tmp_path / "Program Files")
+
+
+def test_windows_programs_reported_when_asked(tmp_path: Path) -> None:
+    rr = RootResult(device="/dev/sda2", os=_win_os(), packages=[_uninstall("Tool", "1")])
+    opts = {"license_policy": {"report": ["unknown"], "report_windows_programs": True}}
+    ctx = ScanContext(root=rr, manifest=[], options=opts)
+    findings = LicenseCheck().run(_FS(tmp_path), ctx)
+    unknown = [f for f in findings if f.rule_id == "license.unknown"]
+    assert [f.details["package"] for f in unknown] == ["Tool"]
+    assert unknown[0].details["rule"] == "no-licence"

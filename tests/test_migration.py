@@ -20,7 +20,6 @@ from test_migration_trees import (
     debian_tree,
     dos_mz,
     elf,
-    ne_exe,
     pe,
     windows_os,
     windows_tree,
@@ -294,22 +293,24 @@ def test_arch_from_headers_when_inspection_does_not_know(tmp_path: Path) -> None
     assert by_rule(findings, "MIG-ARCH-32BIT-OS")
 
 
-def test_32bit_and_16bit_executables_on_64bit(tmp_path: Path) -> None:
+def test_32bit_executables_on_64bit_linux(tmp_path: Path) -> None:
     debian_tree(tmp_path)
     write(tmp_path, "/opt/legacy/bin/tool", elf(32, 3), 0o755)
     write(tmp_path, "/usr/lib32/libold.so.1", elf(32, 3), 0o644)
     write(tmp_path, "/usr/bin/script", b"#!/bin/sh\necho hello world, long enough " * 3, 0o755)
-    write(tmp_path, "/opt/legacy/GAME.EXE", dos_mz())
-    write(tmp_path, "/opt/legacy/WIN.EXE", ne_exe())
+    # PE and DOS files on Linux are data (or Wine's): listed by kind, never counted.
+    write(tmp_path, "/opt/legacy/GAME.EXE", dos_mz(), 0o755)
+    write(tmp_path, "/opt/legacy/setup32.exe", pe(0x14C, 0x10B), 0o755)
+    write(tmp_path, "/usr/share/pip/t32.exe", pe(0x14C, 0x10B), 0o644)
     write(tmp_path, "/home/u/readme.txt", b"not an executable" * 10, 0o755)
     findings, section, _ = run(tmp_path, debian_os(), image_facts=DEBIAN_FACTS)
     ex = section["facts"]["executables"]
     [f32] = by_rule(findings, "MIG-ARCH-32BIT-EXECUTABLES")
     assert f32.details["count"] == 2
     assert set(f32.details["sample"]) == {"/opt/legacy/bin/tool", "/usr/lib32/libold.so.1"}
-    [f16] = by_rule(findings, "MIG-ARCH-16BIT-EXECUTABLES")
-    assert set(f16.details["sample"]) == {"/opt/legacy/GAME.EXE", "/opt/legacy/WIN.EXE"}
+    assert not by_rule(findings, "MIG-ARCH-16BIT-EXECUTABLES")
     assert ex["kinds"]["elf64"] >= 2 and ex["kinds"]["elf32"] == 2
+    assert ex["kinds"]["pe32"] == 1 and ex["kinds"]["dos16"] == 1  # /usr/share not examined
     assert ex["capped"] is False and ex["headers_from"] == "read_head"
 
 
@@ -500,6 +501,10 @@ def test_one_failing_area_does_not_hide_others(tmp_path: Path) -> None:
     section = ctx.root.sections["migration"]
     assert any("capacity" in n and "boom" in n for n in section["notes"])
     assert by_rule(findings, "MIG-STOR-DEVICE-NAME")
+    # Not evaluated is not "passed".
+    assert "MIG-CAP-LOW-FREE" not in section["rules_evaluated"]
+    assert "boom" in section["rules_failed"]["MIG-CAP-LOW-FREE"]
+    assert "MIG-STOR-DEVICE-NAME" in section["rules_evaluated"]
 
 
 def _hive_available() -> bool:
@@ -580,3 +585,53 @@ def test_ntfs_dirty_parser_on_struct_bytes() -> None:
     clean = bytes(boot) + b"\x00" * (4 * 4096 - 512 + 3 * 1024) + bytes(rec2)
     assert ntfs_volume_flags(lambda o, n: clean[o : o + n]) == 0
     assert ntfs_volume_flags(lambda o, n: b"\x00" * n) is None
+
+
+def test_swap_nvme_and_crypttab_entries(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "/etc/fstab",
+        "/dev/vdb2 none swap sw 0 0\n/dev/nvme0n1p1 /fast xfs defaults 0 0\n"
+        "/dev/disk/by-id/ata-QEMU_HARDDISK_QM00002-part1 /id ext4 nofail 0 0\n",
+    )
+    write(tmp_path, "/etc/crypttab", "cryptdata /dev/sdc1 none luks,nofail\n")
+    findings, _, _ = run(tmp_path, debian_os(), image_facts=DEBIAN_FACTS)
+    titles = {f.details["device"]: f.title for f in by_rule(findings, "MIG-STOR-DEVICE-NAME")}
+    assert titles["/dev/vdb2"] == "swap is mounted by kernel device name /dev/vdb2"
+    assert "hardware path" in titles["/dev/disk/by-id/ata-QEMU_HARDDISK_QM00002-part1"]
+    assert set(titles) == {
+        "/dev/vdb2",
+        "/dev/nvme0n1p1",
+        "/dev/disk/by-id/ata-QEMU_HARDDISK_QM00002-part1",
+        "/dev/sdc1",
+    }
+    absent = {f.details["device"]: f for f in by_rule(findings, "MIG-STOR-ABSENT-DEVICE")}
+    # vdb2 is the appliance's sdb2 (absent); nvme names are not judged; nofail lowers it.
+    assert set(absent) == {"/dev/vdb2", "/dev/sdc1"}
+    assert absent["/dev/sdc1"].severity == "low" and absent["/dev/sdc1"].details["optional"]
+    assert absent["/dev/sdc1"].details["file"] == "/etc/crypttab"
+
+
+def test_windows_tools_from_program_names(tmp_path: Path) -> None:
+    windows_tree(tmp_path, viostor=True)
+    ctx = context(tmp_path, windows_os(), device="/dev/sda2")
+    ctx.root.packages = [
+        Package("VMware Tools", "12.1.0"),
+        Package("XenServer VM Tools", "9.3"),
+        Package("QEMU guest agent", "107.0.1"),
+        Package("Cloudbase-Init 1.1.4", "1.1.4"),
+    ]
+    findings = MigrationCheck().run(GuestDir(tmp_path), ctx)
+    rules = {f.rule_id for f in findings}
+    assert {"MIG-TOOLS-VMWARE", "MIG-TOOLS-XEN", "MIG-TOOLS-CLOUD-INIT"} <= rules
+    assert "MIG-TOOLS-QEMU-GA-MISSING" not in rules
+
+
+def test_unreadable_initramfs_is_a_note_not_clean(tmp_path: Path) -> None:
+    debian_tree(tmp_path)
+    write(tmp_path, f"/boot/initrd.img-{KERNEL}", b"\x02\x21\x4c\x18" + b"\x00" * 64)  # lz4
+    findings, section, _ = run(tmp_path, debian_os(), image_facts=DEBIAN_FACTS)
+    ird = section["facts"]["kernels"][0]["initramfs"]
+    assert ird["read"] and not ird["complete"] and ird["virtio"] is None
+    assert any("initramfs not fully read" in n for n in section["notes"])
+    assert not by_rule(findings, "MIG-DRV-LINUX-INITRAMFS-VIRTIO")

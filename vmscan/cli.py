@@ -67,7 +67,11 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help="disk image (qcow2, vmdk, vhd, vhdx, raw) or libvirt domain XML",
     )
-    p.add_argument("--format", default="json", help="report format (default: json)")
+    p.add_argument(
+        "--format",
+        default="json",
+        help="json (default), html, sarif, junit, cyclonedx, spdx, or csv (-o names a folder)",
+    )
     p.add_argument("-o", "--output", help="write the report here (default: stdout)")
     p.add_argument("--manifest", action="store_true", help="include every file in the report")
     p.add_argument(
@@ -230,7 +234,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
     """``vmscan scan``."""
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    if args.format != "json" and args.format not in _writers():
+    from vmscan.av.magic import parse_scope
+
+    try:
+        parse_scope(args.av_scope)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.format == "csv" and not args.output:
+        raise UsageError("--format csv writes several files: give a folder with -o")
+    if args.format not in ("json", "csv") and args.format not in _writers():
         raise UsageError(f"unknown report format {args.format!r}")
     plugin_options: dict[str, Any] = {
         "av_scope": args.av_scope,
@@ -286,8 +298,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     data = finalize_report(result)
-    with atomic_output(args.output) as out:
-        write_report(data, args.format, out)
+    if args.format == "csv":
+        from vmscan.report.csv_out import write_csv
+
+        for path in write_csv(data, Path(args.output)):
+            log.info("wrote %s", path)
+    else:
+        with atomic_output(args.output) as out:
+            write_report(data, args.format, out)
     for img in result.images:
         if img.status == ImageStatus.ERROR:
             log.error("%s: %s", img.source, "; ".join(img.errors) or "error")

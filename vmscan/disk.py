@@ -109,6 +109,38 @@ def qemu_img_info(path: Path, fmt: str) -> dict[str, Any]:
     return info
 
 
+#: Formats whose metadata ``qemu-img check`` can verify (cheap: metadata only).
+_CHECKABLE = ("qcow2", "vhdx", "vmdk")
+
+
+def qemu_img_check(path: Path, fmt: str) -> None:
+    """Refuse a truncated or corrupt image up front (reads would silently give zeros)."""
+    cmd = ["qemu-img", "check", "--output=json", "-f", fmt, "-U", str(path)]
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            timeout=_QEMU_IMG_TIMEOUT * 5,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return  # a huge image: leave it to the appliance and the per-image timeout
+    if proc.returncode in (0, 3, 63):  # clean, leaked clusters only, check unsupported
+        return
+    try:
+        info = json.loads(proc.stdout[:_MAX_INFO_BYTES] or b"{}")
+    except json.JSONDecodeError:
+        info = {}
+    lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    first = lines[0].removeprefix("qemu-img: ") if lines else f"exit code {proc.returncode}"
+    count = info.get("corruptions") or info.get("check-errors")
+    raise ImageError(
+        f"{path}: {fmt} image is corrupt or truncated"
+        + (f" ({count} errors; first: {first})" if count else f": {first}")
+    )
+
+
 def _inside(path: Path, folders: list[Path]) -> bool:
     real = path.resolve()
     return any(real == f or f in real.parents for f in folders)
@@ -196,6 +228,8 @@ def check_disk(
                     f"{p}: refused: its {kind} {str(ref)!r} lies outside the image's folder "
                     f"and the folders given with --allow-backing"
                 )
+        if cur_fmt in _CHECKABLE:
+            qemu_img_check(cur, cur_fmt)
         backing = next((r for k, r in refs if k == "backing file"), None)
         if backing is None:
             return DiskRef(str(p), top_fmt, virtual_size, tuple(chain))

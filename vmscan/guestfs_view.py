@@ -127,7 +127,8 @@ class HostDirFS:
 
     def _host(self, path: str) -> Path:
         # Resolve guest symlinks inside the root only, like a chroot would.
-        rel = Path(os.path.normpath("/" + path)).relative_to("/")
+        # lstrip first: POSIX normpath keeps a leading "//".
+        rel = Path(os.path.normpath("/" + path.lstrip("/"))).relative_to("/")
         return self.root / rel
 
     def lstat(self, path: str) -> Stat | None:

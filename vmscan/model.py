@@ -110,6 +110,8 @@ class Package:
     source_name: str = ""
     source_version: str = ""
     licenses: list[str] = field(default_factory=list)
+    # Where the licence was read (e.g. "/usr/share/doc/bash/copyright#dep5", "rpm:LICENSE").
+    license_source: str = ""
     found_by: str = ""
     purl: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

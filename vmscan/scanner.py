@@ -133,23 +133,23 @@ def _inspect_root(g: Any, root: str) -> OSInfo:
     )
 
 
-def _fstab_missing(fs: LibguestfsFS, mounted: set[str]) -> list[tuple[str, str, int]]:
-    """fstab entries (spec, mountpoint, line) that inspection could not map to a device."""
+def _fstab_entries(fs: LibguestfsFS) -> dict[str, tuple[str, int]]:
+    """Mountpoint -> (device spec, line number) of the guest's /etc/fstab."""
     try:
         text = read_text(fs, "/etc/fstab", _FSTAB_LIMIT)
     except VmscanError:
-        return []
-    missing = []
+        return {}
+    entries: dict[str, tuple[str, int]] = {}
     for n, line in enumerate(text.splitlines(), 1):
         parts = line.split("#", 1)[0].split()
         if len(parts) < 3 or not parts[1].startswith("/"):
             continue
         spec, mpoint, fstype = parts[0], parts[1], parts[2]
         opts = parts[3].split(",") if len(parts) > 3 else []
-        if fstype in _FSTAB_SKIP_TYPES or "bind" in opts or mpoint in mounted:
+        if fstype in _FSTAB_SKIP_TYPES or "bind" in opts:
             continue
-        missing.append((spec, mpoint, n))
-    return missing
+        entries[mpoint] = (spec, n)
+    return entries
 
 
 def _image_facts(g: Any) -> dict[str, Any]:
@@ -285,9 +285,12 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
             mps = {"/": root_dev}
         root = RootResult(device=root_dev, os=os_info, mountpoints=mps)
         mounted: list[tuple[str, str]] = []
+        fstab: dict[str, tuple[str, int]] = {}
         # Shortest mountpoint first so that /boot lands on top of /.
         for mp_ in sorted(mps, key=lambda m: (len(m), m)):
             dev = mps[mp_]
+            spec, line = fstab.get(mp_, (dev, 0))
+            where = f"/etc/fstab line {line} names {spec} for {mp_}" if line else f"{mp_}"
             if dev not in fs_by_dev:
                 # Named by the guest's fstab but not a device of this image set.
                 partial = True
@@ -301,8 +304,28 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
                     )
                 )
                 result.errors.append(
-                    f"{root_dev}: the guest mounts {dev} on {mp_}, but that device is not in "
-                    f"this image (a disk missing from the image set?); its files were not scanned"
+                    f"{root_dev}: {where}, but device {dev} is not in this image (a disk "
+                    f"missing from the image set?); its files were not scanned"
+                )
+                continue
+            taken = next((m for m, d in mounted if d == dev), None)
+            if taken is not None:
+                # libguestfs resolves fstab names like /dev/sdb1 by position, so a
+                # missing disk can map onto a device already mounted: never walk it twice.
+                partial = True
+                result.filesystems.append(
+                    Filesystem(
+                        device=dev,
+                        type="absent",
+                        mountpoint=mp_,
+                        mounted=False,
+                        error=f"fstab entry maps to {dev}, already mounted on {taken}",
+                    )
+                )
+                result.errors.append(
+                    f"{root_dev}: {where}, which resolves to {dev}, already mounted on "
+                    f"{taken}: the disk it names is probably absent from this image; its "
+                    f"files were not scanned"
                 )
                 continue
             err = sess.mount_ro(dev, mp_)
@@ -310,12 +333,15 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
             if err:
                 fsr.error = err
                 partial = True
-                result.errors.append(f"{root_dev}: cannot mount {dev} on {mp_}: {err}")
+                named = f" ({where})" if line else ""
+                result.errors.append(f"{root_dev}: cannot mount {dev} on {mp_}{named}: {err}")
                 if mp_ == "/":
                     break
             else:
                 fsr.mountpoint, fsr.mounted = mp_, True
                 mounted.append((mp_, dev))
+                if mp_ == "/" and os_info.type == "linux":
+                    fstab = _fstab_entries(LibguestfsFS(g))
         if not any(m == "/" for m, _ in mounted):
             result.roots.append(root)
             sess.umount_all()
@@ -323,7 +349,8 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
         fs = LibguestfsFS(g)
         if os_info.type == "linux":
             _os_release_into(fs, os_info)
-            for spec, mpoint, line in _fstab_missing(fs, set(mps)):
+            missing = [(sp, m, ln) for m, (sp, ln) in fstab.items() if m not in mps]
+            for spec, mpoint, line in missing:
                 partial = True
                 msg = (
                     f"{root_dev}: /etc/fstab line {line}: {spec} on {mpoint} is not in this "

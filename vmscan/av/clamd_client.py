@@ -32,6 +32,10 @@ class ClamdConnectionError(VmscanError):
     """One conversation with clamd failed (connect, send, receive or timeout)."""
 
 
+class StreamRefused(ClamdConnectionError):
+    """clamd closed the stream while vmscan was still sending (size limit, or clamd died)."""
+
+
 class Verdict(enum.StrEnum):
     """What clamd said about one stream."""
 
@@ -113,6 +117,8 @@ class InStream:
         finally:
             self.close()
         if not raw:
+            if self._refused:
+                raise StreamRefused("clamd stopped reading the stream and sent no reply")
             raise ClamdConnectionError("clamd closed the connection without a reply")
         return parse_reply(raw)
 

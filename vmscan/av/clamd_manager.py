@@ -25,6 +25,7 @@ from typing import Any
 
 from vmscan.av.clamd_client import ClamdClient, ClamdUnavailable
 from vmscan.av.signatures import DEFAULT_SIG_DIR, database_digest
+from vmscan.errors import VmscanError
 
 __all__ = [
     "ClamdLimits",
@@ -302,11 +303,16 @@ class ManagedClamd:
                 "clamd was not found (install Debian's clamav-daemon) or pass --clamd ADDRESS"
             )
         t0 = time.monotonic()
-        self._prepare(binary)
         try:
+            self._prepare(binary)
             self._proc = _spawn(self._info)
             _wait_pong(self._info, self._proc, self.start_timeout)
             self.version = ClamdClient(self.address, timeout=30).version()
+        except (OSError, VmscanError) as e:
+            self.stop()
+            if isinstance(e, ClamdUnavailable):
+                raise
+            raise ClamdUnavailable(f"clamd could not be started: {e}") from e
         except BaseException:
             self.stop()
             raise

@@ -5,6 +5,13 @@ member by member on the host (never one libguestfs round trip per file); files t
 no streaming (cached, hash hits, too large, out of scope, duplicates of other content)
 are excluded from the tar. Each member goes to clamd over INSTREAM while the next one is
 being read; several streams are in flight at once.
+
+``--av-scope`` works on magic bytes, so it needs the first bytes of each file. The heads
+come from the same tar stream: on a first scan every file that needs a verdict flows
+through tar, is sniffed on the host and only in-scope ones are sent to clamd. The kinds
+are kept per SHA-256 in the state database (``av_filekinds``), so the next scan excludes
+out-of-scope files inside the appliance. Files too large for clamd are sniffed with one
+``pread`` each (few) so that they are reported out of scope rather than not scanned.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from vmscan.av.clamd_client import (
     ClamdClient,
     ClamdConnectionError,
     ScanReply,
+    StreamRefused,
     Verdict,
 )
 from vmscan.av.clamd_manager import ClamdLimits, restart_managed
@@ -53,6 +61,8 @@ EXCLUDES_BUDGET = 2_500_000
 #: After the tar pass, at most this many missing files are fetched one by one.
 FALLBACK_MAX = 500
 KIND_PE = "pe"
+#: Smallest file that can hold a PE header (DOS header + PE signature + COFF header).
+PE_MIN_SIZE = 97
 #: Files read one by one for PE facts only (not streamed: hash hits, too large for clamd).
 PE_EXTRA_MAX = 200
 
@@ -142,6 +152,13 @@ class ClamdLink:
                 stream = self.client.open_stream()
                 stream.write(data)
                 return stream.finish(), stream.bytes_sent
+            except StreamRefused:
+                # clamd still answering means it refused the size (StreamMaxLength), its
+                # reply lost in the reset; else it died.
+                if self.client.ping():
+                    return ScanReply(Verdict.TOO_LARGE, raw="stream refused by clamd"), 0
+                if attempt == 1 or not self.recover():
+                    raise
             except ClamdConnectionError:
                 if attempt == 1 or not self.recover():
                     raise
@@ -319,6 +336,7 @@ class RootScanner:
         self._pe_rows: list[tuple[str, dict[str, Any]]] = []
         self._retry: list[_Pending] = []
         self._sniffed: set[str] = set()
+        self._pe_known: set[str] = set()
 
     # ---- planning ------------------------------------------------------------------------
 
@@ -381,7 +399,8 @@ class RootScanner:
                 )
                 continue
             pending[sha] = _Pending(sha, first, entries)
-        pe_known = self._pe_from_cache(fs, res, by_sha, kinds_known)
+        pe_known = self._pe_from_cache(res, by_sha, kinds_known)
+        self._pe_known = pe_known
         if pending:
             t0 = time.monotonic()
             if handle is not None:
@@ -439,7 +458,6 @@ class RootScanner:
 
     def _pe_from_cache(
         self,
-        fs: GuestFS,
         res: RootAvResult,
         by_sha: dict[str, list[FileEntry]],
         kinds_known: dict[str, frozenset[str]],
@@ -467,7 +485,7 @@ class RootScanner:
             for sha, entries in by_sha.items()
             if sha not in self._sniffed
             and sha not in pe_known
-            and entries[0].size <= MAX_PE_SIZE
+            and PE_MIN_SIZE <= entries[0].size <= MAX_PE_SIZE
             and (sha not in kinds_known or KIND_PE in kinds_known[sha])
         ]
         for sha in todo[:PE_EXTRA_MAX]:
@@ -481,7 +499,8 @@ class RootScanner:
                     continue
                 data = _read(fs, path, MAX_PE_SIZE)
             except _READ_ERRORS as e:
-                res.notes.append(f"{entries[0].path}: PE not read: {e}")
+                # Unknown whether it is a PE at all: not worth a note in the report.
+                log.debug("%s: head not read for PE facts: %s", entries[0].path, e)
                 continue
             self._pe_seen(res, _Pending(sha, entries[0], entries), data)
         if len(todo) > PE_EXTRA_MAX:
@@ -637,7 +656,12 @@ class RootScanner:
             with self._lock:
                 res.files_out_of_scope += len(p.entries)
             return
-        want_pe = self.collect_pe and KIND_PE in kinds and size <= MAX_PE_SIZE
+        want_pe = (
+            self.collect_pe
+            and KIND_PE in kinds
+            and size <= MAX_PE_SIZE
+            and p.sha256 not in self._pe_known
+        )
         archive = "archives" in kinds
         if size <= BUFFER_MAX:
             try:

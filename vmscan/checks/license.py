@@ -2,7 +2,7 @@
 
 For each package the licence is read where its format states it: dpkg's copyright file,
 rpm's LICENSE tag, apk's license field (the catalogers keep the last two in
-``extra["license_declared"]``). ``extra["license_source"]`` says where it was read, or
+``extra["license_declared"]``). ``license_source`` says where it was read, or
 "unknown". On Windows, executables under the program folders are cross-checked with the
 Uninstall entries. Findings (check "license") report packages whose category the policy
 asks to report, watched commercial products, and stale Uninstall entries.
@@ -17,6 +17,7 @@ from typing import Any
 
 from vmscan.guestfs_view import GuestFS, Stat
 from vmscan.license.copyright import read_package_copyright
+from vmscan.license.doctree import prefetched_docs
 from vmscan.license.policy import (
     Decision,
     Policy,
@@ -28,7 +29,12 @@ from vmscan.license.policy import (
     watch_matches_path,
 )
 from vmscan.license.spdx_map import LicenseMap, default_map
-from vmscan.license.windows_inventory import MAX_EXES, cross_check, os_edition
+from vmscan.license.windows_inventory import (
+    MAX_EXES,
+    WindowsInventory,
+    cross_check,
+    os_edition,
+)
 from vmscan.model import Finding, Package
 from vmscan.plugins import Check, ScanContext
 
@@ -64,7 +70,7 @@ def target_of(pkg: Package) -> str:
 
 
 def fill_licences(fs: GuestFS, packages: list[Package], lmap: LicenseMap, notes: list[str]) -> None:
-    """Set ``licenses`` and ``extra["license_source"]`` of every package (in place)."""
+    """Set ``licenses`` and ``license_source`` of every package (in place)."""
     cache: dict[str, tuple[list[str], str, str, tuple[str, ...]]] = {}
     memo: dict[str, Stat | None] = {}
     for pkg in packages:
@@ -73,7 +79,7 @@ def fill_licences(fs: GuestFS, packages: list[Package], lmap: LicenseMap, notes:
         except Exception as e:  # one bad package never aborts the others
             log.debug("licence of %s failed", pkg.name, exc_info=True)
             notes.append(f"{pkg.name}: licence not read ({type(e).__name__}: {e})")
-            pkg.extra.setdefault("license_source", "unknown")
+            pkg.license_source = pkg.license_source or "unknown"
 
 
 def _fill_one(
@@ -85,7 +91,7 @@ def _fill_one(
     memo: dict[str, Stat | None],
 ) -> None:
     if pkg.licenses:
-        pkg.extra.setdefault("license_source", "cataloger")
+        pkg.license_source = pkg.license_source or "cataloger"
         return
     kind = package_kind(pkg)
     if kind == "dpkg":
@@ -96,7 +102,7 @@ def _fill_one(
             cache[key] = (list(res.licenses), source, res.method, res.notes)
         lics, source, _method, pnotes = cache[key]
         pkg.licenses = list(lics)
-        pkg.extra["license_source"] = source
+        pkg.license_source = source
         if pnotes:
             pkg.extra["license_notes"] = list(pnotes[:3])
         for n in pnotes[:3]:
@@ -106,23 +112,23 @@ def _fill_one(
         declared = str(pkg.extra.get("license_declared") or "").strip()
         field = "rpm:LICENSE" if kind == "rpm" else "apk:license"
         if not declared:
-            pkg.extra["license_source"] = "unknown"
+            pkg.license_source = "unknown"
             return
         norm = lmap.normalize(declared)
         if norm is None:
-            pkg.extra["license_source"] = "unknown"
+            pkg.license_source = "unknown"
             pkg.extra["license_notes"] = [f"licence {declared[:80]!r} not understood"]
             notes.append(f"{pkg.name}: licence {declared[:80]!r} not understood")
             return
         pkg.licenses = [norm.expression]
-        pkg.extra["license_source"] = field
+        pkg.license_source = field
         if norm.notes:
             pkg.extra["license_notes"] = list(norm.notes[:3])
         for n in norm.notes[:3]:
             notes.append(f"{pkg.name}: {n}")
         return
     # Windows programs and unknown formats: nothing states a licence.
-    pkg.extra["license_source"] = "unknown"
+    pkg.license_source = "unknown"
 
 
 def _watch_hits(policy: Policy, ctx: ScanContext, edition: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,7 +179,12 @@ class LicenseCheck(Check):
 
         if ctx.root.os.type == "windows":
             max_exes = int(ctx.options.get("license_pe_max", MAX_EXES))
-            inv = cross_check(fs, ctx.root.packages, ctx.manifest, max_exes)
+            try:
+                inv = cross_check(fs, ctx.root.packages, ctx.manifest, max_exes)
+            except Exception as e:  # the inventory is extra: licences and policy still run
+                log.warning("Windows inventory failed: %s", e, exc_info=True)
+                notes.append(f"Windows inventory failed ({type(e).__name__}: {e})")
+                inv = WindowsInventory()
             ctx.root.packages.extend(inv.new_packages)
             notes.extend(inv.notes)
             section["windows"] = {
@@ -204,7 +215,11 @@ class LicenseCheck(Check):
                     )
                 )
 
-        fill_licences(fs, ctx.root.packages, lmap, notes)
+        if any(package_kind(p) == "dpkg" for p in ctx.root.packages):
+            with prefetched_docs(ctx.handle, fs, ctx.manifest, notes) as docfs:
+                fill_licences(docfs, ctx.root.packages, lmap, notes)
+        else:
+            fill_licences(fs, ctx.root.packages, lmap, notes)
 
         counts: Counter[str] = Counter()
         for pkg in ctx.root.packages:
@@ -212,6 +227,12 @@ class LicenseCheck(Check):
             counts[decision.category] += 1
             pkg.extra["license_category"] = decision.category
             if decision.category not in policy.report:
+                continue
+            if (
+                not pkg.licenses
+                and package_kind(pkg) == "windows"
+                and not policy.report_windows_programs
+            ):
                 continue
             shown = (
                 " AND ".join(
@@ -236,7 +257,7 @@ class LicenseCheck(Check):
                         "category": decision.category,
                         "rule": decision.rule,
                         "deciding_license": decision.licence,
-                        "license_source": pkg.extra.get("license_source", "unknown"),
+                        "license_source": pkg.license_source or "unknown",
                     },
                     fingerprint=fingerprint(rule_id, target_of(pkg), shown),
                 )

@@ -479,10 +479,9 @@ _TOOLS: tuple[_Tool, ...] = (
             r"xe-guest-utilities",
             r"xenstore-utils",
             r"xen-guest-agent",
-            r"citrix xenserver .*tools.*",
-            r"xenserver (vm|pv) tools.*",
-            r"citrix vm tools.*",
-            r"citrix xen windows pv drivers.*",
+            r".*xenserver.*(tools|agent|pv drivers).*",
+            r"citrix (vm|xen).*(tools|drivers).*",
+            r"xcp-ng .*tools.*",
             r"xen pv drivers.*",
         ),
         ("/usr/sbin/xe-daemon", "/usr/sbin/xe-linux-distribution"),
@@ -544,6 +543,8 @@ _SO_RE = re.compile(r"\.so(\.[\d.]+)?$")
 # Paths where 32-bit code usually lives: examined first so the cap does not hide them.
 _PRIORITY_RE = re.compile(
     r"(/lib32/|/libx32/|i[3-6]86|/opt/|/usr/local/|/home/|/srv/|"
+    # RPM distributions keep 32-bit libraries straight in /usr/lib (64-bit in /usr/lib64).
+    r"^/(?:usr/)?lib/[^/]+\.so|"
     r"/program files|/users/|/programdata/)",
     re.IGNORECASE,
 )
@@ -644,18 +645,25 @@ class MigrationCheck(Check):
             ]
         else:
             steps = [_capacity]
+        failed: dict[str, str] = {}
         for step in steps:
             try:
                 step(r)
+                continue
             except VmscanError as e:  # one failed area never hides the others
-                r.notes.add(f"{step.__name__.strip('_')}: {e}")
+                msg = f"{step.__name__.strip('_')}: {e}"
             except Exception as e:  # hostile data: parsers may hit the unexpected
                 log.debug("migration step %s failed", step.__name__, exc_info=True)
-                r.notes.add(f"{step.__name__.strip('_')}: {type(e).__name__}: {e}")
+                msg = f"{step.__name__.strip('_')}: {type(e).__name__}: {e}"
+            r.notes.add(msg)
+            # Not evaluated is not passed: the report (and JUnit) show these as errors.
+            for rule in _STEP_RULES.get(step.__name__, ()):
+                failed[rule.id] = msg
         evaluated = [
             rule.id
             for rule in rules
-            if rule is not LIFE_EOL or r.facts.get("eol", {}).get("evaluated")
+            if rule.id not in failed
+            and (rule is not LIFE_EOL or r.facts.get("eol", {}).get("evaluated"))
         ]
         r.findings.sort(
             key=lambda f: (
@@ -668,6 +676,7 @@ class MigrationCheck(Check):
             "verdict": verdict_for(r.findings),
             "facts": r.facts,
             "rules_evaluated": evaluated,
+            "rules_failed": failed,
             "notes": list(r.notes.items),
         }
         ctx.notes.extend(r.notes.items)
@@ -686,12 +695,11 @@ def _exe_candidates(r: _Run, windows: bool) -> list[str]:
             continue
         p = e.path
         low = p.lower()
-        if low.endswith(_PE_EXTS):
+        if windows:
             # The OS's own files (System32, SysWOW64, WinSxS) are what WOW64 is for.
-            if windows and (low.startswith("/windows/") or low.startswith("/winnt/")):
-                continue
-            out.append(p)
-        elif not windows:
+            if low.endswith(_PE_EXTS) and not low.startswith(("/windows/", "/winnt/")):
+                out.append(p)
+        else:
             parts = p.split("/")
             in_exec_dir = any(d in _EXEC_DIRS for d in parts[:-1]) or p.startswith("/opt/")
             if (in_exec_dir and e.mode & 0o111) or (in_exec_dir and _SO_RE.search(parts[-1])):
@@ -756,9 +764,11 @@ def _arch(r: _Run) -> None:
             continue
         label = f"{k.kind}{k.bits or ''}" + (f"-{k.note}" if k.note == "dotnet" else "")
         counts[label] = counts.get(label, 0) + 1
-        if k.bits == 16:
+        # Only the OS's native format counts: a PE file on Linux is data (or Wine's).
+        native = "pe" if windows else "elf"
+        if k.bits == 16 and windows:
             exe16.append(path)
-        elif k.bits == 32 and k.kind in ("elf", "pe") and bits == 64:
+        elif k.bits == 32 and k.kind == native and bits == 64:
             exe32.append(path)
     r.facts["executables"] = {
         "candidates": len(cands),
@@ -773,9 +783,9 @@ def _arch(r: _Run) -> None:
         "count_16bit": len(exe16),
         "sample_16bit": exe16[:SAMPLE],
         "scope": (
-            "*.exe/*.dll/*.com outside the Windows folder"
+            "*.exe/*.dll/*.com outside the Windows folder (PE machine)"
             if windows
-            else "executables and *.so in bin/sbin/lib dirs and /opt, plus *.exe/*.dll/*.com"
+            else "files with exec bits and *.so in bin/sbin/lib/libexec dirs and /opt (ELF class)"
         ),
     }
     if not r.ctx.manifest:
@@ -1080,6 +1090,8 @@ def _initramfs(r: _Run, ver: str) -> dict[str, Any]:
         info["note"] = f"not read: {e}"
         return info
     scan = scan_initramfs(data)
+    if not scan.complete:
+        r.notes.add(f"{path}: initramfs not fully read ({scan.note or 'truncated'})")
     info["read"] = True
     info["complete"] = scan.complete
     info["compression"] = scan.compressions
@@ -1509,7 +1521,7 @@ def _present(spec: str, kind: str, devs: set[str], uuids: set[str], labels: set[
         m = re.match(r"^/dev/(?:sd|hd|vd|xvd)([a-z]+)(\d*)$", s)
         if m:
             return f"/dev/sd{m.group(1)}{m.group(2)}" in devs
-        return s in devs
+        return True  # nvme/mmcblk/cciss: no reliable mapping to the appliance's names
     if kind == "lvm":
         lv = mapper_to_lv(s) or s
         return lv in devs or s in devs
@@ -1550,8 +1562,9 @@ def _storage(r: _Run) -> None:
                     "crypt",
                 )
             )
-    for file, line, text, spec, mp, optional, _fstype in entries:
+    for file, line, text, spec, mp, optional, fstype in entries:
         kind = classify_device_spec(spec)
+        what = mp if mp.startswith("/") else (fstype or mp)
         common: dict[str, Any] = {
             "file": file,
             "line": line,
@@ -1565,7 +1578,7 @@ def _storage(r: _Run) -> None:
                 STOR_DEVICE_NAME,
                 f"{file}:{mp}",
                 f"{spec}|{mp}",
-                title=f"{mp} is mounted by {_KIND_WORDS[kind]} {spec}",
+                title=f"{what} is mounted by {_KIND_WORDS[kind]} {spec}",
                 kind=kind,
                 **common,
             )
@@ -1578,7 +1591,7 @@ def _storage(r: _Run) -> None:
                 STOR_ABSENT_DEVICE,
                 f"{file}:{mp}",
                 f"absent|{spec}|{mp}",
-                title=f"{mp}: {spec} is not in the image",
+                title=f"{what}: {spec} is not in the image",
                 severity=Severity.LOW if optional else "",
                 optional=optional,
                 **common,
@@ -1804,3 +1817,31 @@ def _windows_state(r: _Run) -> None:
             markers=markers,
             text="; ".join(markers),
         )
+
+
+#: Rules each step decides: when a step fails, its rules are reported as not evaluated.
+_STEP_RULES: dict[str, tuple[Rule, ...]] = {
+    "_arch": (ARCH_32BIT_OS, ARCH_32BIT_EXE, ARCH_16BIT_EXE),
+    "_boot_linux": (BOOT_UEFI, BOOT_NO_BOOTLOADER, BOOT_NO_CONFIG),
+    "_boot_windows": (BOOT_UEFI, BOOT_NO_BOOTLOADER),
+    "_drivers_linux": (
+        DRV_NO_KERNEL,
+        DRV_LINUX_VIRTIO_STORAGE,
+        DRV_LINUX_INITRAMFS,
+        DRV_LINUX_VIRTIO_NET,
+    ),
+    "_drivers_windows": (DRV_WIN_VIRTIO_STORAGE, DRV_WIN_VIRTIO_NET),
+    "_tools": (
+        TOOLS_VMWARE,
+        TOOLS_HYPERV,
+        TOOLS_VIRTUALBOX,
+        TOOLS_XEN,
+        TOOLS_QEMU_GA_MISSING,
+        TOOLS_CLOUD_INIT,
+    ),
+    "_network_linux": (NET_MAC_BINDING,),
+    "_storage": (STOR_DEVICE_NAME, STOR_ABSENT_DEVICE),
+    "_capacity": (CAP_LOW_FREE,),
+    "_lifecycle": (LIFE_EOL,),
+    "_windows_state": (WIN_HIBERNATED, WIN_HIBERFIL, WIN_NTFS_DIRTY, WIN_PENDING_REBOOT),
+}

@@ -77,6 +77,8 @@ class Policy:
     severity: dict[str, str] = field(default_factory=lambda: dict(_DEFAULT_SEVERITY))
     watch: tuple[WatchRule, ...] = ()
     source: str = ""
+    #: Windows programs state no licence: their "unknown" is reported only when asked.
+    report_windows_programs: bool = False
 
     # -- loading ------------------------------------------------------------------
 
@@ -112,7 +114,8 @@ class Policy:
                     re.compile(w.edition_regex)
         except (KeyError, TypeError, ValueError, re.error) as e:
             raise UsageError(f"{source}: malformed [license] policy: {e}") from e
-        return cls(cats, order, report, sev, watch, source)
+        windows = bool(table.get("report_windows_programs", False))
+        return cls(cats, order, report, sev, watch, source, windows)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:

@@ -100,9 +100,11 @@ def is_listed(key: str) -> bool:
 def license_keys(expression: str) -> list[str]:
     """The licence identifiers of an expression (exceptions left out), in order."""
     try:
-        return list(licensing().license_keys(expression))
+        keys = list(licensing().license_keys(expression))
     except ExpressionError:
         return []
+    known = licensing().known_symbols
+    return [k for k in keys if not (k in known and known[k].is_exception)]
 
 
 def licence_ref(name: str) -> str:
@@ -192,7 +194,7 @@ class LicenseMap:
             return self.names[key], notes
         exception: str | None = None
         base_key = key
-        m = re.match(r"^(.*?)(?:\s+with\s+|~)(.+)$", key)
+        m = re.match(r"^(.*?)(?:\s+with\s+|-with-|~)(.+)$", key)
         if m:
             base_key, exception = m.group(1).strip(), m.group(2).strip()
         base = self.names.get(base_key) or _spdx_index().get(base_key) or self._gnu(base_key)

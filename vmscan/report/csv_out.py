@@ -89,7 +89,7 @@ def license_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
                 pkg.get("version", ""),
                 " ; ".join(lics) or "unknown",
                 extra.get("license_category", ""),
-                extra.get("license_source", "unknown"),
+                pkg.get("license_source") or "unknown",
             ]
 
 

@@ -150,9 +150,9 @@ def image_bom(
             by_name.setdefault(str(pkg.get("name", "")), []).append((ref, pkg))
             extra = pkg.get("extra") or {}
             props = [Property(name="vmscan:found_by", value=str(pkg.get("found_by", "")))]
-            if extra.get("license_source"):
+            if pkg.get("license_source"):
                 props.append(
-                    Property(name="vmscan:license_source", value=str(extra["license_source"]))
+                    Property(name="vmscan:license_source", value=str(pkg["license_source"]))
                 )
             if extra.get("license_category"):
                 props.append(

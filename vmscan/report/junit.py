@@ -94,6 +94,7 @@ def _root_cases(suite: ET.Element, counts: _Counts, source: str, root: dict[str,
         counts.errors += 1
         return
     evaluated = set(section.get("rules_evaluated") or [])
+    rules_failed = section.get("rules_failed") or {}
     by_rule: dict[str, list[dict[str, Any]]] = {}
     for f in root.get("findings") or []:
         if isinstance(f, dict) and f.get("check") == "migration":
@@ -119,6 +120,10 @@ def _root_cases(suite: ET.Element, counts: _Counts, source: str, root: dict[str,
             )
             fail.text = _clean("\n\n".join(_finding_text(f) for f in failing))
             counts.failures += 1
+        elif rid in rules_failed:
+            err = ET.SubElement(case, "error", message=_clean(rules_failed[rid]), type="not-run")
+            err.text = _clean(f"the check could not evaluate this rule: {rules_failed[rid]}")
+            counts.errors += 1
         elif found:
             out = ET.SubElement(case, "system-out")
             out.text = _clean("\n\n".join(_finding_text(f) for f in found))

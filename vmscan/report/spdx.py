@@ -136,8 +136,8 @@ def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
                     entry["versionInfo"] = str(pkg["version"])
                 if extra.get("publisher"):
                     entry["supplier"] = "Organization: " + str(extra["publisher"])[:200]
-                if extra.get("license_source"):
-                    entry["sourceInfo"] = f"licence read from {extra['license_source']}"
+                if pkg.get("license_source"):
+                    entry["sourceInfo"] = f"licence read from {pkg['license_source']}"
                 if pkg.get("purl"):
                     entry["externalRefs"] = [
                         {
