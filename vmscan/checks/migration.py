@@ -908,6 +908,12 @@ def _boot_linux(r: _Run) -> None:
         bios_ev.append("BIOS bootloader configuration")
     if fs.is_dir("/usr/lib/grub/i386-pc") and not bios_ev:
         bios_ev.append("/usr/lib/grub/i386-pc")
+    fs_types = {f.get("type") for f in r.ctx.image_facts.get("filesystems") or []}
+    # UEFI firmware boots only from an EFI system partition (FAT); an MBR disk
+    # without any FAT filesystem can only be started by a BIOS.
+    no_esp = not fs_types & {"vfat", "msdos", "fat"}
+    if not uefi_ev and not bios_ev and r.facts.get("partition_table") == "mbr" and no_esp:
+        bios_ev.append("MBR partition table and no EFI system partition")
     firmware = (
         "bios+uefi"
         if uefi_ev and bios_ev
