@@ -288,9 +288,9 @@ def config_from_dict(data: dict[str, Any], cfg_path: Path, text: str = "") -> Ni
                     continue
             if spec.path:
                 if isinstance(val, list):
-                    val = [str(base / os.path.expanduser(v)) for v in val]
+                    val = [os.path.normpath(base / os.path.expanduser(v)) for v in val]
                 else:
-                    val = str(base / os.path.expanduser(val))
+                    val = os.path.normpath(base / os.path.expanduser(val))
             values[spec.attr] = val
     if "formats" in values:
         from vmscan.report import WRITERS
