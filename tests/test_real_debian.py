@@ -168,4 +168,6 @@ def test_migration_findings(full_runs: list[dict[str, Any]]) -> None:
     assert facts["partition_table"] == "mbr" and facts["firmware"] == "bios"
     assert facts["arch_bits"] == 64
     assert facts["kernels"] == [] and "MIG-DRV-LINUX-NO-KERNEL" in by_rule
-    assert all(f["free"] > 0 for f in facts["filesystems"])
+    sized = {f["mountpoint"]: f for f in facts["filesystems"] if f.get("size")}
+    assert set(sized) >= {"/", "/boot", "/srv"}
+    assert all(0 < f["free"] < f["size"] for f in sized.values())
