@@ -20,15 +20,7 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus not present")
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first.
-
-    Works around ``os.path.normpath("//x")`` keeping the double slash in
-    ``HostDirFS._host`` (reported to the lead); harmless once that is fixed.
-    """
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _ctx(os_info: OSInfo | None = None) -> ScanContext:

@@ -30,11 +30,7 @@ F36_XML = RPM / "fedora36-sqlite" / "virt-inspector-expected.xml"
 pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus not present")
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first (see test_catalog_dpkg_apk)."""
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 @pytest.fixture(scope="module")

@@ -47,11 +47,7 @@ EXTRA_SOFTWARE = rf"""Windows Registry Editor Version 5.00
 """
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first (see test_catalog_dpkg_apk)."""
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _merge(hive: Path, prefix: str, reg: Path) -> None:

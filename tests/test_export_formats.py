@@ -30,11 +30,7 @@ SPDX_SCHEMA = SCHEMAS / "spdx-schema-2.3.json"
 DEP5 = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first (``//x`` normpath issue, reported)."""
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _hand_made() -> dict[str, Any]:

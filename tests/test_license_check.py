@@ -20,11 +20,7 @@ needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus 
 DEP5 = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first (``//x`` normpath issue, reported)."""
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _deb(name: str, version: str = "1.0") -> Package:

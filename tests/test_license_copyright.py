@@ -25,15 +25,7 @@ HOST_DOC = Path("/usr/share/doc")
 HOST_STATUS = Path("/var/lib/dpkg/status")
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first.
-
-    Works around ``os.path.normpath("//x")`` keeping the double slash in
-    ``HostDirFS._host`` (reported to the lead); harmless once that is fixed.
-    """
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _corpus_files() -> list[Path]:

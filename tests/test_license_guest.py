@@ -33,11 +33,7 @@ pytestmark = [
 ]
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first (``//x`` normpath issue, reported)."""
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _host_packages() -> list[str]:

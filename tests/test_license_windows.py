@@ -27,11 +27,7 @@ PE = CORPUS / "pe"
 needs_pe = pytest.mark.skipif(not PE.is_dir(), reason="../shared/corpus not present")
 
 
-class _FS(HostDirFS):
-    """HostDirFS with guest paths made relative first (``//x`` normpath issue, reported)."""
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+_FS = HostDirFS
 
 
 def _win_os() -> OSInfo:

@@ -45,15 +45,7 @@ iface eth0 inet static
 """
 
 
-class GuestDir(HostDirFS):
-    """HostDirFS with guest paths made relative first.
-
-    Works around ``os.path.normpath("//x")`` keeping the double slash in
-    ``HostDirFS._host`` (reported to the lead); harmless once that is fixed.
-    """
-
-    def _host(self, path: str) -> Path:
-        return super()._host(path.lstrip("/"))
+GuestDir = HostDirFS
 
 
 def elf(bits: int, machine: int) -> bytes:

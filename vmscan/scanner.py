@@ -293,40 +293,30 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
             where = f"/etc/fstab line {line} names {spec} for {mp_}" if line else f"{mp_}"
             if dev not in fs_by_dev:
                 # Named by the guest's fstab but not a device of this image set.
+                _not_mounted(
+                    result,
+                    dev,
+                    mp_,
+                    "device not present in this image",
+                    f"{root_dev}: {where}, but device {dev} is not in this image (a "
+                    f"disk missing from the image set?); its files were not scanned",
+                )
                 partial = True
-                result.filesystems.append(
-                    Filesystem(
-                        device=dev,
-                        type="absent",
-                        mountpoint=mp_,
-                        mounted=False,
-                        error="device not present in this image",
-                    )
-                )
-                result.errors.append(
-                    f"{root_dev}: {where}, but device {dev} is not in this image (a disk "
-                    f"missing from the image set?); its files were not scanned"
-                )
                 continue
             taken = next((m for m, d in mounted if d == dev), None)
             if taken is not None:
                 # libguestfs resolves fstab names like /dev/sdb1 by position, so a
                 # missing disk can map onto a device already mounted: never walk it twice.
+                _not_mounted(
+                    result,
+                    dev,
+                    mp_,
+                    f"fstab entry maps to {dev}, already mounted on {taken}",
+                    f"{root_dev}: {where}, which resolves to {dev}, "
+                    f"already mounted on {taken}: the disk it names is probably "
+                    f"absent from this image; its files were not scanned",
+                )
                 partial = True
-                result.filesystems.append(
-                    Filesystem(
-                        device=dev,
-                        type="absent",
-                        mountpoint=mp_,
-                        mounted=False,
-                        error=f"fstab entry maps to {dev}, already mounted on {taken}",
-                    )
-                )
-                result.errors.append(
-                    f"{root_dev}: {where}, which resolves to {dev}, already mounted on "
-                    f"{taken}: the disk it names is probably absent from this image; its "
-                    f"files were not scanned"
-                )
                 continue
             err = sess.mount_ro(dev, mp_)
             fsr = fs_by_dev[dev]
@@ -352,19 +342,14 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
             missing = [(sp, m, ln) for m, (sp, ln) in fstab.items() if m not in mps]
             for spec, mpoint, line in missing:
                 partial = True
-                msg = (
-                    f"{root_dev}: /etc/fstab line {line}: {spec} on {mpoint} is not in this "
-                    f"image (device absent or not found); its files were not scanned"
-                )
-                result.errors.append(msg)
-                result.filesystems.append(
-                    Filesystem(
-                        device=spec,
-                        type="absent",
-                        mountpoint=mpoint,
-                        mounted=False,
-                        error="device not present",
-                    )
+                _not_mounted(
+                    result,
+                    spec,
+                    mpoint,
+                    "device not present",
+                    f"{root_dev}: /etc/fstab line {line}: {spec} on {mpoint} is not in "
+                    f"this image (device absent or not found); its files were not "
+                    f"scanned",
                 )
         _scan_mounted(sess, result, root, mounted, opts, facts, fs_by_dev)
         result.roots.append(root)
@@ -383,6 +368,14 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
     if not opts.manifest:
         result.sections["manifest_files"] = len(result.manifest)
         result.manifest = []
+
+
+def _not_mounted(result: ImageResult, dev: str, mountpoint: str, why: str, message: str) -> None:
+    """Record a filesystem the guest expects but that was not scanned."""
+    result.filesystems.append(
+        Filesystem(device=dev, type="absent", mountpoint=mountpoint, mounted=False, error=why)
+    )
+    result.errors.append(message)
 
 
 def _os_release_into(fs: LibguestfsFS, os_info: OSInfo) -> None:
