@@ -227,22 +227,15 @@ _READ_ERRORS = (GuestReadError, ValueError, RuntimeError, OSError)
 def _read(fs: GuestFS, path: str, limit: int) -> bytes:
     try:
         return fs.read_bytes(path, limit)
-    except ValueError:
-        # HostDirFS before the lead's fix turned "/x" into "//x"; a relative path works.
-        try:
-            return fs.read_bytes(path.lstrip("/"), limit)
-        except ValueError as e:
-            raise GuestReadError(f"{path}: {e}") from e
+    except ValueError as e:  # a name the binding cannot pass (UnicodeEncodeError)
+        raise GuestReadError(f"{path}: {e}") from e
 
 
 def _head(fs: GuestFS, path: str, size: int) -> bytes:
     try:
         return fs.read_head(path, size)
-    except ValueError:
-        try:
-            return fs.read_head(path.lstrip("/"), size)
-        except ValueError as e:
-            raise GuestReadError(f"{path}: {e}") from e
+    except ValueError as e:
+        raise GuestReadError(f"{path}: {e}") from e
 
 
 class _TarSource:
