@@ -178,9 +178,14 @@ def debian_guest(debian_image: Path) -> Iterator[tuple[Any, str]]:
     root = roots[0]
     mps = g.inspect_get_mountpoints(root)
     known = g.list_filesystems()
-    for mp in sorted(mps, key=len):
-        if mps[mp] in known:  # fstab also names /dev/sdb1, which is not in the image
+    mounted: set[str] = set()
+    # Shortest first, ties by name (libguestfs returns the mountpoints in no fixed order).
+    for mp in sorted(mps, key=lambda m: (len(m), m)):
+        # fstab also names /dev/sdb1, which is not in the image: libguestfs maps it onto
+        # a device by position, so mount each device once.
+        if mps[mp] in known and mps[mp] not in mounted:
             g.mount_ro(mps[mp], mp)
+            mounted.add(mps[mp])
     yield g, root
     g.close()
 
