@@ -102,7 +102,8 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         type=_severity,
         default=None,
         metavar="SEVERITY",
-        help="exit 1 when a finding is at or above this severity",
+        help="exit 1 when a finding is at or above this severity (findings of unknown "
+        "severity never trip it: they are counted apart in the patch summary)",
     )
     p.add_argument(
         "--checks",
@@ -119,6 +120,13 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--av-scope", default="all", help="all, or executables,documents,archives")
     p.add_argument("--state-db", default=None, help="SQLite state database (caches, history)")
     p.add_argument("--policy", default=None, help="licence policy file (TOML)")
+    p.add_argument(
+        "--advisory-max-age",
+        type=int,
+        default=7,
+        metavar="DAYS",
+        help="patch data older than this is reported as a stale-data finding (default 7)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -133,9 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     sigsub = sig.add_subparsers(dest="sig_command", required=True, parser_class=_Parser)
     v = sigsub.add_parser("verify", help="check signatures/ against its manifests")
     v.add_argument("--dir", default=None, help="signatures folder (default: the bundled one)")
-    imp = sigsub.add_parser("import", help="import an OSV advisory dump (zip or folder)")
-    imp.add_argument("src", help="OSV zip file or folder of OSV JSON files")
+    imp = sigsub.add_parser(
+        "import",
+        help="import advisory feeds and Windows tables (format detected), compile the index",
+    )
+    imp.add_argument(
+        "src",
+        nargs="+",
+        help="OSV all.zip or folder, Debian tracker JSON, Alpine secdb JSON, Windows build "
+        "table, MSRC CVRF XML or CVE/KB/FixedBuild CSV (.xz/.gz accepted)",
+    )
     imp.add_argument("--dest", default=None, help="advisories folder (default: bundled)")
+    imp.add_argument("--name", default=None, help="feed name (default: from the file name)")
+    imp.add_argument("--date", default=None, help="date of the data (YYYY-MM-DD) if not in it")
+    st = sigsub.add_parser("status", help="each feed: kind, date, record count, staleness")
+    st.add_argument("--dir", default=None, help="advisories folder (default: bundled)")
+    st.add_argument(
+        "--max-age",
+        type=int,
+        default=7,
+        metavar="DAYS",
+        help="warn about feeds older than this (default 7)",
+    )
+    st.add_argument("--json", action="store_true", help="print JSON")
     for name in _COMMAND_MODULES:
         try:
             mod = importlib.import_module(name)
@@ -252,6 +280,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         plugin_options["clamd"] = args.clamd
     if args.policy:
         plugin_options["license_policy"] = args.policy
+    plugin_options["advisory_max_age_days"] = args.advisory_max_age
+    if "patch" in args.checks:
+        _prepare_advisories(plugin_options)
     opts = ScanOptions(
         jobs=args.jobs or default_jobs(),
         memsize=args.memsize,
@@ -339,8 +370,19 @@ def _managed_services(opts: ScanOptions) -> Iterator[None]:
         clamd.__exit__(None, None, None)
 
 
+def _prepare_advisories(options: dict[str, Any]) -> None:
+    """Compile the advisory index once here, so that workers only open it read-only."""
+    from vmscan.advisories import AdvisoryError, prepare
+
+    try:
+        prepare(options)
+    except (AdvisoryError, OSError) as e:
+        # The patch check reports the index as not usable for every root.
+        log.error("advisory index: %s", e)
+
+
 def cmd_signatures(args: argparse.Namespace) -> int:
-    """``vmscan signatures verify|import``."""
+    """``vmscan signatures verify|import|status``."""
     if args.sig_command == "verify":
         from vmscan.av.signatures import verify
 
@@ -350,12 +392,105 @@ def cmd_signatures(args: argparse.Namespace) -> int:
             print(f"problem: {p}", file=sys.stderr)
         print("signatures: OK" if not problems else f"signatures: {len(problems)} problem(s)")
         return 0 if not problems else 2
-    from vmscan.advisories import import_feed
+    from vmscan.advisories import AdvisoryError, import_feed
 
+    if args.sig_command == "status":
+        return _signatures_status(args)
     dest = Path(args.dest) if args.dest else signatures_dir() / "advisories"
-    report = import_feed(Path(args.src), dest)
-    print(json.dumps(to_jsonable(report), indent=2))
-    return 0
+    if args.name and len(args.src) > 1:
+        raise UsageError("--name names one feed: give one source with it")
+    rc = 0
+    for src in args.src:
+        try:
+            report = import_feed(Path(src), dest, name=args.name, date=args.date)
+        except AdvisoryError as e:
+            print(f"error: {e}", file=sys.stderr)
+            rc = EXIT_IMAGE_ERROR
+            continue
+        print(json.dumps(to_jsonable(report), indent=2))
+        if report.skipped:
+            print(f"{src}: skipped, {report.reason}", file=sys.stderr)
+        else:
+            print(
+                f"{src}: {report.kind} feed {report.feed!r}: {report.imported} imported, "
+                f"{report.rejected_count} rejected, data dated {report.date}",
+                file=sys.stderr,
+            )
+    return rc
+
+
+def _signatures_status(args: argparse.Namespace) -> int:
+    """Print every feed of the index with its date, count and age; 1 when one is stale."""
+    import datetime as dt
+
+    from vmscan.advisories import ensure_index, open_index
+
+    adv_dir = Path(args.dir) if args.dir else signatures_dir() / "advisories"
+    index = open_index(ensure_index(adv_dir))
+    today = dt.datetime.now(dt.UTC).date()
+    rows = []
+    try:
+        for f in index.feeds():
+            try:
+                age: int | None = (today - dt.date.fromisoformat(f.date[:10])).days
+            except ValueError:
+                age = None
+            rows.append(
+                {
+                    "feed": f.name,
+                    "kind": f.kind,
+                    "date": f.date or None,
+                    "age_days": age,
+                    "stale": age is None or age > args.max_age,
+                    "records": f.records,
+                    "rejected": f.rejected,
+                    "source": f.source,
+                    "notes": list(f.notes),
+                }
+            )
+        digest = index.digest
+    finally:
+        index.close()
+    builds = signatures_dir() / "windows-builds.json"
+    if builds.is_file():
+        from vmscan.advisories.windows import parse_builds
+
+        count: int | None = None
+        try:
+            table = json.loads(builds.read_text())
+            count = len(parse_builds(table).rows)
+            as_of = str(table.get("as_of", ""))
+            age = (today - dt.date.fromisoformat(as_of)).days
+        except (OSError, ValueError, AttributeError):
+            as_of, age = "", None
+        rows.append(
+            {
+                "feed": "windows-builds (bundled)",
+                "kind": "windows-builds",
+                "date": as_of or None,
+                "age_days": age,
+                "stale": age is None or age > args.max_age,
+                "records": count,
+                "rejected": 0,
+                "source": str(builds),
+                "notes": ["hand-compiled: verify against Microsoft's update history"],
+            }
+        )
+    if args.json:
+        print(json.dumps({"index": str(index.path), "digest": digest, "feeds": rows}, indent=2))
+    else:
+        print(f"index {index.path} (digest {digest[:16]})")
+        for r in rows:
+            warn = "  STALE" if r["stale"] else ""
+            print(
+                f"{r['feed']:<32} {r['kind']:<15} {r['date'] or 'no date':<10} "
+                f"{'' if r['age_days'] is None else str(r['age_days']) + ' days':>10} "
+                f"{'' if r['records'] is None else r['records']:>8} records{warn}"
+            )
+    stale = [r["feed"] for r in rows if r["stale"]]
+    for name in stale:
+        print(f"warning: {name} is older than {args.max_age} days or undated", file=sys.stderr)
+    return 1 if stale else 0
 
 
 def main(argv: list[str] | None = None) -> int:

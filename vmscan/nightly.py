@@ -557,14 +557,20 @@ def data_digests(cfg: NightlyConfig) -> dict[str, str]:
         # clamd's own databases (freshclam updates them) change verdicts too.
         out["signatures"] = hashlib.sha256((digest + _clamav_system_stamp()).encode()).hexdigest()
     if "patch" in cfg.checks:
+        # The compiled advisory index's digest (over every feed) plus the shipped tables
+        # the patch check reads (end of life, Windows cumulative updates).
         digest = ""
         try:
-            from vmscan.advisories import feed_digest
+            from vmscan.advisories import index_digest
 
-            digest = str(feed_digest(sig_dir / "advisories"))
-        except (ImportError, AttributeError, OSError, TypeError) as exc:
-            log.debug("advisory digest from vmscan.advisories failed (%s); hashing files", exc)
-        out["advisories"] = digest or _hash_tree(sig_dir / "advisories")
+            digest = index_digest(sig_dir / "advisories")
+        except (ImportError, OSError, ValueError, VmscanError) as exc:
+            log.warning("advisory index digest failed (%s); hashing files", exc)
+        h = hashlib.sha256((digest or _hash_tree(sig_dir / "advisories")).encode())
+        for table in ("eol.json", "windows-builds.json"):
+            with contextlib.suppress(OSError):
+                h.update(table.encode() + b"\0" + (sig_dir / table).read_bytes())
+        out["advisories"] = h.hexdigest()
     return out
 
 
@@ -773,7 +779,7 @@ def offline_recheck(
     """Re-run inventory-only checks on a stored result; None when that is not possible."""
     import importlib
 
-    from vmscan.model import OSInfo, Package, RootResult
+    from vmscan.model import OSInfo, Package, PluginStatus, RootResult
     from vmscan.plugins import ScanContext
 
     if not checks or any(c not in OFFLINE_CHECKS for c in checks):
@@ -793,6 +799,10 @@ def offline_recheck(
             os=_from_dict(OSInfo, root.get("os")),
             mountpoints=dict(root.get("mountpoints") or {}),
             packages=[_from_dict(Package, p) for p in root.get("packages") or []],
+            # Cataloger statuses: the patch check reports a failed inventory as incomplete.
+            plugins=[_from_dict(PluginStatus, p) for p in root.get("plugins") or []],
+            # Earlier sections: the patch check reuses the repository configuration read then.
+            sections=copy.deepcopy(dict(root.get("sections") or {})),
         )
         ctx = ScanContext(root=rr, manifest=[], options=dict(options))
         statuses = {str(p.get("name")): p for p in root.get("plugins") or []}
@@ -965,6 +975,12 @@ def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
         options["clamd"] = cfg.clamd
     if cfg.license_policy:
         options["license_policy"] = cfg.license_policy
+    if "patch" in cfg.checks:
+        # Compile the advisory index once; workers open it read-only by this path.
+        with contextlib.suppress(ImportError, OSError, ValueError, VmscanError):
+            from vmscan.advisories import prepare
+
+            prepare(options)
     return options
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from debian.debian_support import version_compare as _deb_compare
 
@@ -104,148 +107,228 @@ def split_evr(evr: str) -> tuple[int, str, str]:
     return epoch, version, release
 
 
+def _rpm_evr(evr: str) -> tuple[int, str, str | None]:
+    """(epoch, version, release or None when there is no ``-``), as rpm's rpmverParse."""
+    epoch, version, release = split_evr(evr)
+    rest = evr.partition(":")[2] if evr.partition(":")[0].isdigit() and ":" in evr else evr
+    return epoch, version, release if "-" in rest else None
+
+
 def compare_rpm(a: str, b: str) -> int:
-    """Compare two RPM ``[epoch:]version[-release]`` strings like ``rpm -q`` ordering."""
-    ea, va, ra = split_evr(a)
-    eb, vb, rb = split_evr(b)
+    """Compare two ``[epoch:]version[-release]`` strings exactly like rpm (``rpm.vercmp``).
+
+    A missing epoch is 0; a missing release sorts before any release, even an empty one
+    (rpm 4.18: ``1 < 1-`` and ``1.0 < 1.0-1``).
+    """
+    ea, va, ra = _rpm_evr(a)
+    eb, vb, rb = _rpm_evr(b)
     if ea != eb:
         return 1 if ea > eb else -1
     r = rpmvercmp(va, vb)
     if r:
         return r
-    # A release missing on one side (e.g. an advisory naming only a version) matches any.
-    if not ra or not rb:
-        return 0
+    if ra is None or rb is None:
+        return 0 if ra is rb else -1 if ra is None else 1
     return rpmvercmp(ra, rb)
 
 
 # ---------------------------------------------------------------------------
-# apk (apk-tools version.c)
+# apk (Alpine): vmscan's own implementation of the version order Alpine documents for
+# pkgver (APKBUILD reference) and apk applies: NUMBER{.NUMBER}[letter]{_suffix[NUMBER]}
+# [~hash][-rNUMBER]. Pre-release suffixes (alpha < beta < pre < rc) sort before the bare
+# version, post-release ones (cvs < svn < git < hg < p) after it.
 
-_T_INVALID, _T_DIGIT_OR_ZERO, _T_DIGIT, _T_LETTER, _T_SUFFIX, _T_SUFFIX_NO = -1, 0, 1, 2, 3, 4
-_T_REVISION_NO, _T_END = 5, 6
-_PRE_SUFFIXES = ("alpha", "beta", "pre", "rc")
-_POST_SUFFIXES = ("cvs", "svn", "git", "hg", "p")
+_APK_RE = re.compile(
+    r"(?P<nums>[0-9]+(?:\.[0-9]+)*)"
+    r"(?P<letter>[a-z])?"
+    r"(?P<suffixes>(?:_(?:alpha|beta|pre|rc|cvs|svn|git|hg|p)[0-9]*)*)"
+    r"(?:~(?P<hash>[0-9a-f]+))?"
+    r"(?:-r(?P<rev>[0-9]+))?"
+)
+_APK_SUFFIX_RE = re.compile(r"_([a-z]+)([0-9]*)")
+#: Rank of each suffix; below _APK_BARE: a pre-release, above it: a post-release.
+_APK_SUFFIX_RANK = {"alpha": 1, "beta": 2, "pre": 3, "rc": 4, "cvs": 6, "svn": 7, "git": 8}
+_APK_SUFFIX_RANK |= {"hg": 9, "p": 10}
+_APK_BARE = 5
+# Kinds of version parts, in the order that decides when two versions differ in kind at
+# the same place: the one going on with a kind that comes earlier is the newer
+# (1.2.1 > 1.2a > 1.2_p1 > 1.2-r1 > 1.2), except that a pre-release suffix is older.
+_K_NUM, _K_LETTER, _K_SUFFIX, _K_SUFFIX_NUM, _K_HASH, _K_REV, _K_END = range(7)
+
+#: apk's comparison results (bit masks), and the operators' masks built from them.
+APK_EQUAL, APK_LESS, APK_GREATER, APK_FUZZY, APK_CONFLICT = 1, 2, 4, 8, 16
 
 
-class _ApkTok:
-    """Tokenizer state over one apk version string."""
+_Parts = list[tuple[int, int | str]]
 
-    def __init__(self, s: str) -> None:
-        self.s = s
-        self.pos = 0
-        self.type = _T_DIGIT
 
-    def _left(self) -> int:
-        return len(self.s) - self.pos
+def _cmp(a: Any, b: Any) -> int:
+    return int(a > b) - int(a < b)
 
-    def _next_token(self) -> None:
-        n = _T_INVALID
-        s, p = self.s, self.pos
-        if self._left() == 0:
-            n = _T_END
-        elif self.type in (_T_DIGIT, _T_DIGIT_OR_ZERO) and s[p].islower():
-            n = _T_LETTER
-        elif self.type == _T_LETTER and s[p].isdigit():
-            n = _T_DIGIT
-        elif self.type == _T_SUFFIX and s[p].isdigit():
-            n = _T_SUFFIX_NO
-        else:
-            c = s[p]
-            if c == ".":
-                n = _T_DIGIT_OR_ZERO
-            elif c == "_":
-                n = _T_SUFFIX
-            elif c == "-" and self._left() > 1 and s[p + 1] == "r":
-                n = _T_REVISION_NO
-                self.pos += 1
-            self.pos += 1
-        if n < self.type and not (
-            (n == _T_DIGIT_OR_ZERO and self.type == _T_DIGIT)
-            or (n == _T_SUFFIX and self.type == _T_SUFFIX_NO)
-            or (n == _T_DIGIT and self.type == _T_LETTER)
-        ):
-            n = _T_INVALID
-        self.type = n
 
-    def get(self) -> int:
-        s = self.s
-        if self._left() <= 0:
-            self.type = _T_END
+def _apk_parts(version: str) -> _Parts | None:
+    """The parts of a well-formed apk version, None when it is not one."""
+    m = _APK_RE.fullmatch(version)
+    if m is None:
+        return None
+    parts: _Parts = [(_K_NUM, n) for n in m.group("nums").split(".")]
+    if m.group("letter"):
+        parts.append((_K_LETTER, m.group("letter")))
+    for name, num in _APK_SUFFIX_RE.findall(m.group("suffixes")):
+        parts.append((_K_SUFFIX, _APK_SUFFIX_RANK[name]))
+        if num:
+            parts.append((_K_SUFFIX_NUM, int(num)))
+    if m.group("hash"):
+        parts.append((_K_HASH, m.group("hash")))
+    if m.group("rev") is not None:
+        parts.append((_K_REV, int(m.group("rev"))))
+    return parts
+
+
+def apk_validate(version: str) -> bool:
+    """True when *version* is a well-formed apk version."""
+    return _apk_parts(version) is not None
+
+
+def _num_cmp(x: str, y: str, first: bool) -> int:
+    # After the first number, a component with a leading zero is compared as text, so
+    # 1.01 < 1.1 (Gentoo's rule, which apk follows); otherwise as integers.
+    if not first and (x.startswith("0") or y.startswith("0")):
+        return _cmp(x, y)
+    return _cmp(int(x), int(y))
+
+
+def _apk_order(
+    pa: list[tuple[int, int | str]], pb: list[tuple[int, int | str]], fuzzy: bool
+) -> int:
+    for i in range(max(len(pa), len(pb))):
+        ka, va = pa[i] if i < len(pa) else (_K_END, 0)
+        kb, vb = pb[i] if i < len(pb) else (_K_END, 0)
+        if ka == kb == _K_END:
             return 0
-        v, i, nt = 0, 0, _T_INVALID
-        p = self.pos
-        t = self.type
-        if t == _T_DIGIT_OR_ZERO and s[p] == "0":
-            # Leading zeros: compare like a decimal fraction (1.01 < 1.1).
-            while p + i < len(s) and s[p + i] == "0":
-                i += 1
-            v = -i
-            # apk-tools continues with a digit token here even when none follows, which
-            # makes "1.0_rc1" newer than "1.0"; only do so when digits follow.
-            if p + i < len(s) and s[p + i].isdigit():
-                nt = _T_DIGIT
-        elif t in (_T_DIGIT_OR_ZERO, _T_DIGIT, _T_SUFFIX_NO, _T_REVISION_NO):
-            while p + i < len(s) and s[p + i].isascii() and s[p + i].isdigit():
-                v = v * 10 + int(s[p + i])
-                i += 1
-        elif t == _T_LETTER:
-            v = ord(s[p])
-            i = 1
-        elif t == _T_SUFFIX:
-            rest = s[p:]
-            for k, suf in enumerate(_PRE_SUFFIXES):
-                if rest.startswith(suf):
-                    v, i = k - len(_PRE_SUFFIXES), len(suf)
-                    break
-            else:
-                for k, suf in enumerate(_POST_SUFFIXES):
-                    if rest.startswith(suf):
-                        v, i = k, len(suf)
-                        break
-                else:
-                    self.type = _T_INVALID
-                    return -1
-        else:
-            self.type = _T_INVALID
+        if ka == kb:
+            r = _num_cmp(str(va), str(vb), i == 0) if ka == _K_NUM else _cmp(va, vb)
+            if r:
+                return r
+            continue
+        if kb == _K_END and fuzzy:
+            return 0  # "~" : b is a prefix of a
+        if ka == _K_SUFFIX and int(va) < _APK_BARE:
             return -1
-        self.pos += i
-        if self._left() == 0:
-            self.type = _T_END
-        elif nt != _T_INVALID:
-            self.type = nt
+        if kb == _K_SUFFIX and int(vb) < _APK_BARE:
+            return 1
+        return 1 if ka < kb else -1
+    return 0
+
+
+def apk_op_mask(op: str) -> int:
+    """Result mask of a comparison operator (``<``, ``>=``, ``=``, ``~``), 0 if not one."""
+    bits = {"<": APK_LESS, ">": APK_GREATER, "=": APK_EQUAL, "~": APK_FUZZY | APK_EQUAL}
+    mask = 0
+    for c in op:
+        if c not in bits:
+            return 0
+        mask |= bits[c]
+    return mask
+
+
+def apk_match(a: str, op: int, b: str) -> bool:
+    """Does ``a OP b`` hold (*op* from :func:`apk_op_mask`; APK_CONFLICT negates it)?"""
+    every = APK_EQUAL | APK_LESS | APK_GREATER
+    if (op & every) == every:
+        ok = True
+    else:
+        pa, pb = _apk_parts(a), _apk_parts(b)
+        r = (
+            _apk_order(pa, pb, bool(op & APK_FUZZY))
+            if pa is not None and pb is not None
+            else _apk_malformed_order(a, b, fuzzy=bool(op & APK_FUZZY))
+        )
+        ok = bool({-1: APK_LESS, 0: APK_EQUAL, 1: APK_GREATER}[r] & op)
+    return not ok if op & APK_CONFLICT else ok
+
+
+# Malformed versions (``1.9.5p1``, ``1-r``, ``0..8``) are refused by apk itself, and apk 2
+# and 3 order them differently, yet they occur in real Alpine data. vmscan orders them
+# field by field, the way the osv-scalibr test vectors (real ``apk version -t`` results
+# and their edge cases, checked in tests/test_versions_corpus.py) expect: numbers (a
+# missing one is 0), letter, suffixes, revision (``-r`` with no digits is 0); what is
+# left over makes a version older than the same one without it; two versions that are
+# both unreadable after their numbers are compared as text.
+_MF_NUMS = re.compile(r"[0-9]+(?:\.[0-9]+)*\.?")
+_MF_LETTER = re.compile(r"[a-z]")
+_MF_SUFFIX = re.compile(r"_(alpha|beta|pre|rc|cvs|svn|git|hg|p)([0-9]*)")
+_MF_HASH = re.compile(r"~[0-9a-f]+")
+_MF_REV = re.compile(r"-r([0-9]*)")
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    nums: tuple[str, ...]
+    letter: str
+    suffixes: tuple[tuple[int, int], ...]
+    revision: int
+    leftover: bool
+    unreadable: bool
+
+
+def _malformed(v: str) -> _Malformed:
+    pos = 0
+    m = _MF_NUMS.match(v)
+    nums = tuple(n for n in (m.group(0).split(".") if m else []) if n)
+    pos = m.end() if m else 0
+    letter = ""
+    if (lm := _MF_LETTER.match(v, pos)) is not None:
+        letter, pos = lm.group(0), lm.end()
+    suffixes = []
+    while (sm := _MF_SUFFIX.match(v, pos)) is not None:
+        suffixes.append((_APK_SUFFIX_RANK[sm.group(1)], int(sm.group(2) or 0)))
+        pos = sm.end()
+    if (hm := _MF_HASH.match(v, pos)) is not None:
+        pos = hm.end()
+    revision, unreadable = 0, False
+    if pos < len(v):
+        rm = _MF_REV.match(v, pos)
+        if rm is None:
+            unreadable = True
         else:
-            self._next_token()
-        return v
+            revision, pos = int(rm.group(1) or 0), rm.end()
+    return _Malformed(nums, letter, tuple(suffixes), revision, pos < len(v), unreadable)
+
+
+def _apk_malformed_order(a: str, b: str, fuzzy: bool = False) -> int:
+    ma, mb = _malformed(a), _malformed(b)
+    if ma.unreadable and mb.unreadable:
+        return _cmp(a, b)
+    bare_b = not (mb.letter or mb.suffixes or mb.revision or mb.leftover)
+    if fuzzy and bare_b and ma.nums[: len(mb.nums)] == mb.nums:
+        return 0  # "~": b is a leading part of a
+    for i in range(max(len(ma.nums), len(mb.nums))):
+        x = ma.nums[i] if i < len(ma.nums) else "0"
+        y = mb.nums[i] if i < len(mb.nums) else "0"
+        r = _num_cmp(x, y, i == 0)
+        if r:
+            return r
+    if ma.letter != mb.letter:
+        return -1 if not ma.letter else 1 if not mb.letter else _cmp(ma.letter, mb.letter)
+    for i in range(max(len(ma.suffixes), len(mb.suffixes))):
+        x2 = ma.suffixes[i] if i < len(ma.suffixes) else (_APK_BARE, 0)
+        y2 = mb.suffixes[i] if i < len(mb.suffixes) else (_APK_BARE, 0)
+        if x2 != y2:
+            return _cmp(x2, y2)
+    if ma.revision != mb.revision:
+        return _cmp(ma.revision, mb.revision)
+    if ma.leftover != mb.leftover:
+        return -1 if ma.leftover else 1
+    return 0
 
 
 def compare_apk(a: str, b: str) -> int:
-    """apk-tools' version ordering: -1, 0 or 1."""
-    ta, tb = _ApkTok(a), _ApkTok(b)
-    av = bv = 0
-    while ta.type == tb.type and ta.type not in (_T_END, _T_INVALID) and av == bv:
-        av = ta.get()
-        bv = tb.get()
-    if av != bv:
-        return -1 if av < bv else 1
-    if ta.type == tb.type:
-        return 0
-    # The longer version is newer unless what follows is a pre-release suffix.
-    if ta.type == _T_SUFFIX:
-        probe = _ApkTok(a)
-        probe.pos, probe.type = ta.pos, ta.type
-        if probe.get() < 0:
-            return -1
-    if tb.type == _T_SUFFIX:
-        probe = _ApkTok(b)
-        probe.pos, probe.type = tb.pos, tb.type
-        if probe.get() < 0:
-            return 1
-    if ta.type > tb.type:
-        return -1
-    if tb.type > ta.type:
-        return 1
-    return 0
+    """apk's version ordering: -1, 0 or 1 (malformed versions: see above)."""
+    pa, pb = _apk_parts(a), _apk_parts(b)
+    if pa is None or pb is None:
+        return _apk_malformed_order(a, b)
+    return _apk_order(pa, pb, False)
 
 
 # ---------------------------------------------------------------------------

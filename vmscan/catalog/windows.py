@@ -28,6 +28,8 @@ CBS_PACKAGES = "Microsoft\\Windows\\CurrentVersion\\Component Based Servicing\\P
 MAX_PROGRAMS = 20_000
 MAX_CBS = 100_000
 _KB_RE = re.compile(r"KB(\d{6,8})", re.IGNORECASE)
+#: ``Package_for_RollupFix~31bf3856ad364e35~amd64~~20348.3692.1.5``: the LCU and its UBR.
+_ROLLUP_RE = re.compile(r"^Package_for_RollupFix~[^~]*~[^~]*~[^~]*~\d+\.(\d+)\.", re.IGNORECASE)
 _FACTS = (
     ("ProductName", "product_name"),
     ("EditionID", "edition_id"),
@@ -73,6 +75,8 @@ class WindowsFacts:
     facts: dict[str, Any] = field(default_factory=dict)
     programs: list[Package] = field(default_factory=list)
     kbs: list[str] = field(default_factory=list)
+    # Cumulative updates (Package_for_RollupFix) in CBS: name, UBR, CurrentState.
+    rollups: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -156,10 +160,15 @@ def read_software(hive: Hive, os_arch: str = "") -> WindowsFacts:
         if node is not None:
             kbs: set[str] = set()
             children = hive.children(node)
-            for name, _h in children[:MAX_CBS]:
+            for name, handle in children[:MAX_CBS]:
                 m = _KB_RE.search(name)
                 if m:
                     kbs.add(f"KB{m.group(1)}")
+                r = _ROLLUP_RE.match(name)
+                if r and len(res.rollups) < 64:
+                    # The patch check compares the UBR of installed rollups with the registry's.
+                    state = reg_int(hive.values(handle).get("CurrentState"))
+                    res.rollups.append({"name": name[:200], "ubr": int(r.group(1)), "state": state})
             res.kbs = sorted(kbs, key=lambda k: int(k[2:]))
     except HiveError as e:
         res.notes.append(f"SOFTWARE\\{CBS_PACKAGES}: {e}")
@@ -225,6 +234,7 @@ class WindowsCataloger(Cataloger):
         extra = os_info.extra
         extra.update(res.facts)
         extra["installed_kbs"] = res.kbs
+        extra["servicing_rollups"] = res.rollups
         system = find_hive(fs, "SYSTEM")
         if system is not None:
             try:
