@@ -27,6 +27,7 @@ from vmscan.model import (
     ScanResult,
 )
 
+REPO_SIGNATURES = Path(__file__).resolve().parent.parent / "signatures"
 HOSTILE_HOSTNAME = "<script>window.__xss=1</script>"
 HOSTILE_PATH = '/srv/"><img src=x onerror=window.__xss=2>.bin'
 
@@ -157,6 +158,10 @@ def write_config(tmp: Path, images: str, *, extra: str = "") -> Path:
     sig = tmp / "sigs" / "clamav" / "local.hdb"
     if not sig.exists():
         sig.write_text("44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature\n")
+    # Without its end-of-life table the patch check is (rightly) partial: give it the real one.
+    eol = tmp / "sigs" / "eol.json"
+    if not eol.exists():
+        eol.write_bytes((REPO_SIGNATURES / "eol.json").read_bytes())
     return path
 
 
