@@ -106,7 +106,9 @@ def plugin_status(
     infos = [n for n in notes if isinstance(n, Info)]
     if error is not None:
         why = str(error) or type(error).__name__
-        return PluginStatus(name, PluginState.FAILED.value, join_notes([why, *gaps, *infos]))
+        # A note the error message already carries is said once.
+        rest = [n for n in (*gaps, *infos) if n not in why]
+        return PluginStatus(name, PluginState.FAILED.value, join_notes([why, *rest]))
     state = PluginState.PARTIAL if gaps else PluginState.SUCCEEDED
     return PluginStatus(name, state.value, join_notes([*gaps, *infos]))
 
