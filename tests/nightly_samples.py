@@ -23,6 +23,7 @@ from vmscan.model import (
     ImageStatus,
     OSInfo,
     Package,
+    PluginStatus,
     RootResult,
     ScanResult,
 )
@@ -102,6 +103,8 @@ class FakeScanner:
     # Called in the middle of the batch, after the first image's callback (faults).
     after_first: Callable[[], None] | None = None
     before_each: Callable[[str], None] | None = None
+    # Checks that fail on every image this time (as a dead clamd makes antivirus fail).
+    failing: tuple[str, ...] = ()
 
     def __call__(
         self,
@@ -124,6 +127,11 @@ class FakeScanner:
             except (OSError, ValueError) as exc:
                 spec = {"error": f"cannot open: {exc}"}
             img = image_from_spec(src, spec, tuple(opts.checks))
+            for check in self.failing:
+                if check in opts.checks and img.roots:
+                    img.roots[0].plugins.append(
+                        PluginStatus(check, "failed", f"{check}: engine unavailable (test)")
+                    )
             result.images.append(img)
             if on_image_done:
                 on_image_done(img)

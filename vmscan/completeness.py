@@ -81,13 +81,18 @@ def bound(text: str, limit: int = REASON_LIMIT) -> str:
 
 
 def join_notes(notes: Sequence[str], limit: int = REASON_LIMIT) -> str:
-    """Notes joined with "; " until *limit*, then how many more there were."""
+    """Notes joined with "; " until *limit*, then how many more there were.
+
+    The first note (the error, or the most important gap) may take two thirds of the
+    limit; each other one a quarter, so that one long note cannot hide all the rest.
+    """
+    if len(notes) == 1:
+        return bound(notes[0], limit)
     out: list[str] = []
     used = 0
     for n, note in enumerate(notes):
-        rest = len(notes) - n
-        tail = f" (+{rest} more notes)"
-        piece = bound(note, max(80, limit // 4))
+        tail = f" (+{len(notes) - n} more notes)"
+        piece = bound(note, max(80, limit * 2 // 3 if n == 0 else limit // 4))
         if used + len(piece) + 2 + len(tail) > limit and out:
             return "; ".join(out) + tail
         out.append(piece)

@@ -101,7 +101,7 @@ def parse_installed(text: str, label: str, os_info: OSInfo | None = None) -> Apk
     if bad:
         res.damage.add("malformed line(s) ignored", n=bad)
     if text and not text.endswith("\n"):
-        res.damage.add("file ends in the middle of a line (truncated?)")
+        res.damage.add("cut-off last line (file truncated?)")
     if res.damage:
         res.notes.append(res.damage.summary(len(res.packages)))
     return res

@@ -189,7 +189,7 @@ def parse_status(text: str, label: str, os_info: OSInfo | None = None) -> DpkgPa
         damage.add("malformed line(s) ignored", f"first at line {first_bad}", n=bad_lines)
     if text and not text.endswith("\n"):
         # dpkg always ends the file with a newline: this one was cut off.
-        damage.add("file ends in the middle of a line (truncated?)")
+        damage.add("cut-off last line (file truncated?)")
     if damage:
         res.notes.append(damage.summary(len(res.packages), "installed package(s)"))
     if odd:
