@@ -47,7 +47,7 @@ from vmscan.model import (
     ScanResult,
     to_jsonable,
 )
-from vmscan.nightly import format_metrics, load_config, run_nightly
+from vmscan.nightly import dry_run, format_metrics, load_config, run_nightly
 from vmscan.plugins import ScanContext
 from vmscan.report.csv_out import finding_rows
 from vmscan.report.html import render_html
@@ -490,6 +490,10 @@ def test_nightly_retries_an_image_whose_check_failed(tmp_path: Path) -> None:
     html = (cfg.reports_dir / "latest" / "report.html").read_text()
     assert html.count('<div class="banner" role="alert"') == 2
     # Next night, same images: both are opened again, nothing carried forward.
+    plan = dry_run(cfg)
+    assert [(p.action, p.reason) for p in plan] == [
+        ("scan", f"the scan of run {out.run_id} did not complete: retried")
+    ] * 2
     second = FakeScanner()
     out2 = run_nightly(cfg, scan_fn=second)
     assert sorted(second.opened) == sorted(str(p) for p in (tmp_path / "imgs").iterdir())

@@ -676,7 +676,11 @@ def plan(
             item.previous_run = prev.run_id
             item.previous_digest = prev.result_digest
             prev_meta = prev.identity or {}
-            if prev.scan_key == scan_key:
+            if not prev.scan_key and prev.status != "error":
+                # Stored without a key: a check did not complete (or the image changed
+                # under the scan). Never carried forward: scanned again.
+                item.reason = f"the scan of run {prev.run_id} did not complete: retried"
+            elif prev.scan_key == scan_key:
                 item.action, item.reason = "carry", f"unchanged since run {prev.origin_run_id}"
             elif prev_meta.get("base_key") == base_key:
                 old = prev_meta.get("digests") or {}
