@@ -182,11 +182,6 @@ def atomic_output(path: str | None) -> Iterator[IO[str]]:
             tmp.unlink()
 
 
-def exit_code_for(result: ScanResult, fail_on: str | None) -> int:
-    """Exit code of a run (see :func:`vmscan.completeness.exit_code`)."""
-    return exit_code(to_jsonable(result), fail_on)
-
-
 def summarize_incomplete(data: dict[str, Any], out: IO[str]) -> None:
     """One line per image that is not fully scanned, on stderr, whatever the log level."""
     for img in data.get("images") or []:
