@@ -492,7 +492,11 @@ def test_nightly_retries_an_image_whose_check_failed(tmp_path: Path) -> None:
     # Next night, same images: both are opened again, nothing carried forward.
     plan = dry_run(cfg)
     assert [(p.action, p.reason) for p in plan] == [
-        ("scan", f"the scan of run {out.run_id} did not complete: retried")
+        (
+            "scan",
+            f"the scan of run {out.run_id} did not complete (or the image changed under "
+            "it): retried",
+        )
     ] * 2
     second = FakeScanner()
     out2 = run_nightly(cfg, scan_fn=second)

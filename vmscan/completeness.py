@@ -256,6 +256,12 @@ def finalize_image(result: ImageResult, checks: Iterable[str] = ()) -> None:
         if doc["status"] != result.status.value:
             result.status = ImageStatus(str(doc["status"]))
     result.errors[:] = _bound_errors(result.errors)
+    for fs in result.filesystems:
+        if fs.error:
+            fs.error = bound(fs.error)
+    for entry in result.not_scanned:
+        for key, value in entry.items():
+            entry[key] = bound(value)
 
 
 def finalize_image_dict(image: dict[str, Any]) -> None:

@@ -679,7 +679,10 @@ def plan(
             if not prev.scan_key and prev.status != "error":
                 # Stored without a key: a check did not complete (or the image changed
                 # under the scan). Never carried forward: scanned again.
-                item.reason = f"the scan of run {prev.run_id} did not complete: retried"
+                item.reason = (
+                    f"the scan of run {prev.run_id} did not complete (or the image changed "
+                    "under it): retried"
+                )
             elif prev.scan_key == scan_key:
                 item.action, item.reason = "carry", f"unchanged since run {prev.origin_run_id}"
             elif prev_meta.get("base_key") == base_key:
