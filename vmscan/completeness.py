@@ -235,6 +235,10 @@ def _bound_errors(errors: list[str]) -> list[str]:
     return out
 
 
+def _statuses(root: RootResult) -> dict[str, Any]:
+    return {"device": root.device, "plugins": [to_jsonable(p) for p in root.plugins]}
+
+
 def finalize_image(result: ImageResult, checks: Iterable[str] = ()) -> None:
     """Image status and ``errors[]`` from its plugins' statuses (after the scan, in place).
 
@@ -244,11 +248,12 @@ def finalize_image(result: ImageResult, checks: Iterable[str] = ()) -> None:
     """
     if result.status != ImageStatus.ERROR:
         _not_run(result, tuple(checks))
+        # Only what incomplete_plugins reads (packages and findings may be thousands).
         doc: dict[str, Any] = {
             "status": result.status.value,
-            "roots": [to_jsonable(r) for r in result.roots],
+            "roots": [_statuses(r) for r in result.roots],
             "sections": {
-                "data_volumes": [to_jsonable(v) for v in result.sections.get("data_volumes") or []],
+                "data_volumes": [_statuses(v) for v in result.sections.get("data_volumes") or []],
                 "antivirus": result.sections.get("antivirus"),
             },
         }
