@@ -19,21 +19,13 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from vmscan import __version__
-from vmscan.completeness import (
-    EXIT_FINDINGS,
-    EXIT_IMAGE_ERROR,
-    EXIT_OK,
-    EXIT_USAGE,
-    exit_code,
-    incomplete_plugins,
-)
+from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
 from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, scan_sources
 
 log = logging.getLogger("vmscan")
 
-__all__ = ["EXIT_FINDINGS", "EXIT_IMAGE_ERROR", "EXIT_OK", "EXIT_USAGE", "main"]
 # Subcommands implemented in their own modules: (module, required?)
 _COMMAND_MODULES = ("vmscan.commands.nightly", "vmscan.commands.report", "vmscan.commands.diff")
 

@@ -25,10 +25,8 @@ from typing import Any
 
 from vmscan import __version__
 from vmscan.completeness import (
-    EXIT_FINDINGS,
     EXIT_IMAGE_ERROR,
     EXIT_OK,
-    EXIT_USAGE,
     exit_code,
     finalize_image_dict,
     incomplete_plugins,
@@ -48,7 +46,7 @@ HEAD_BYTES = 1 << 20
 _QEMU_IMG_TIMEOUT = 60
 _MAX_INFO_BYTES = 4 << 20
 
-__all__ = ["EXIT_FINDINGS", "EXIT_IMAGE_ERROR", "EXIT_OK", "EXIT_USAGE", "exit_code"]
+# Exit codes and ``exit_code`` are vmscan.completeness's (the same for ``vmscan scan``).
 
 # Which check's results depend on which data digest: a change of only that digest
 # re-runs only that check on an otherwise unchanged image.
