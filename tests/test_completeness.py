@@ -195,6 +195,35 @@ def test_empty_dpkg_status_on_a_debian_root_is_broken(tmp_path: Path) -> None:
     assert _plugin(img, "os/dpkg").status == "succeeded" and img.status == ImageStatus.OK
 
 
+def test_zero_packages_where_the_os_says_there_must_be_some(tmp_path: Path) -> None:
+    apk = tmp_path / "apk"
+    (apk / "lib/apk/db").mkdir(parents=True)
+    (apk / "lib/apk/db/installed").write_text("")
+    alpine = OSInfo(type="linux", distro="alpine", os_release_id="alpine", package_format="apk")
+    st = _plugin(scan_tree(apk, alpine), "os/apk")
+    assert st.status == "failed" and "lists no package" in st.reason
+    rpm = tmp_path / "rpm"
+    (rpm / "var/lib/rpm").mkdir(parents=True)
+    con = sqlite3.connect(rpm / "var/lib/rpm/rpmdb.sqlite")
+    con.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB)")
+    con.commit()
+    con.close()
+    rocky = OSInfo(type="linux", distro="rocky", package_format="rpm")
+    img = scan_tree(rpm, rocky)
+    st = _plugin(img, "os/rpm")
+    assert st.status == "failed" and "holds no package" in st.reason
+    assert [f.severity for f in img.roots[0].findings] == ["high"]
+    # The same empty rpm database on a Debian host (rpm installed as a tool) is no damage.
+    assert _plugin(scan_tree(rpm, DEBIAN), "os/rpm").status == "succeeded"
+
+
+def test_errors_are_bounded_in_size_and_number() -> None:
+    img = ImageResult(source="/img/x", errors=[f"problem {i}: " + "x" * 5000 for i in range(150)])
+    finalize_image(img)
+    assert len(img.errors) == 101 and img.errors[-1] == "... and 50 more problems"
+    assert all(len(e) <= REASON_LIMIT for e in img.errors)
+
+
 def test_good_dpkg_status_stays_ok(tmp_path: Path) -> None:
     img = scan_tree(_dpkg_tree(tmp_path / "g", GOOD_STATUS.encode()), DEBIAN)
     assert _plugin(img, "os/dpkg").status == "succeeded"
