@@ -23,10 +23,12 @@ from vmscan.model import (
     ImageStatus,
     OSInfo,
     Package,
+    PluginStatus,
     RootResult,
     ScanResult,
 )
 
+REPO_SIGNATURES = Path(__file__).resolve().parent.parent / "signatures"
 HOSTILE_HOSTNAME = "<script>window.__xss=1</script>"
 HOSTILE_PATH = '/srv/"><img src=x onerror=window.__xss=2>.bin'
 
@@ -101,6 +103,8 @@ class FakeScanner:
     # Called in the middle of the batch, after the first image's callback (faults).
     after_first: Callable[[], None] | None = None
     before_each: Callable[[str], None] | None = None
+    # Checks that fail on every image this time (as a dead clamd makes antivirus fail).
+    failing: tuple[str, ...] = ()
 
     def __call__(
         self,
@@ -123,6 +127,11 @@ class FakeScanner:
             except (OSError, ValueError) as exc:
                 spec = {"error": f"cannot open: {exc}"}
             img = image_from_spec(src, spec, tuple(opts.checks))
+            for check in self.failing:
+                if check in opts.checks and img.roots:
+                    img.roots[0].plugins.append(
+                        PluginStatus(check, "failed", f"{check}: engine unavailable (test)")
+                    )
             result.images.append(img)
             if on_image_done:
                 on_image_done(img)
@@ -157,6 +166,10 @@ def write_config(tmp: Path, images: str, *, extra: str = "") -> Path:
     sig = tmp / "sigs" / "clamav" / "local.hdb"
     if not sig.exists():
         sig.write_text("44d88612fea8a8f36de82e1278abb02f:68:Eicar-Test-Signature\n")
+    # Without its end-of-life table the patch check is (rightly) partial: give it the real one.
+    eol = tmp / "sigs" / "eol.json"
+    if not eol.exists():
+        eol.write_bytes((REPO_SIGNATURES / "eol.json").read_bytes())
     return path
 
 

@@ -24,6 +24,8 @@ from vmscan.diff import diff_runs
 from vmscan.report.html import render_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: A reason string carrying guest-controlled text (a hostile socket path): stays text.
+HOSTILE_CLAMD_REASON = "clamd at unix:/x<img src=x onerror=window.__xss=4> does not answer"
 
 
 def _doc() -> dict[str, Any]:
@@ -60,6 +62,10 @@ def _doc() -> dict[str, Any]:
         "not_scanned": {"counts": {"too_large": 2, "<i>odd</i>": 1}, "paths": [], "more": 0},
         "incomplete_reasons": ["clamd restarted"],
     }
+    doc["images"][0]["roots"][0]["plugins"] = [
+        {"name": "os/dpkg", "status": "succeeded", "reason": ""},
+        {"name": "antivirus", "status": "failed", "reason": HOSTILE_CLAMD_REASON},
+    ]
     doc["sections"]["changes"] = diff_runs(older, doc)
     doc["sections"]["trend"] = [
         {"run": 1, "images": 1, "findings_by_severity": {"high": 2, "low": 1}},
@@ -285,8 +291,26 @@ def test_report_in_headless_chromium(browser: str, tmp_path: Path) -> None:
             x, _y, w, h, vis, disp = box
             assert w > 50 and h > 20 and vis == "visible" and disp != "none", (sel, box)
             assert x >= 0 and x + w <= 1280 + 1, f"{sel} overflows the page: {box}"
+        # First on the page: one red banner per image not fully scanned (the failed
+        # antivirus of vm-0, the unscannable vm-2), then the fleet overview.
+        banners = json.loads(
+            cdp.evaluate("""JSON.stringify(Array.from(
+                document.querySelectorAll('#not-complete .banner')).map(b => {
+                  const r = b.getBoundingClientRect(), cs = getComputedStyle(b);
+                  return [b.id, r.y, r.height, cs.backgroundColor, cs.display, b.innerText,
+                          b.querySelector('a').getAttribute('href')];
+                }))""")
+        )
+        assert [b[0] for b in banners] == ["banner-vm-0", "banner-vm-2"]
+        assert banners[0][1] < 200  # the top of the page
+        for _id, _y, height, color, display, _text, _href in banners:
+            assert height > 20 and display != "none" and color == "rgb(183, 28, 28)"
+        assert "antivirus did not complete on /dev/sda1 (failed)" in banners[0][5]
+        assert HOSTILE_CLAMD_REASON in banners[0][5]  # escaped, shown as text
+        assert "could not be scanned" in banners[1][5]
+        assert [b[6] for b in banners] == ["#vm-0", "#vm-2"]
         fleet = json.loads(boxes)["#fleet-overview"]
-        assert fleet[1] < 200  # the fleet overview comes first
+        assert banners[-1][1] + banners[-1][2] <= fleet[1] < 600  # the overview follows
         # Hostile guest strings stayed text.
         assert cdp.evaluate("typeof window.__xss") == "undefined"
         assert cdp.evaluate("document.querySelectorAll('img').length") == 0

@@ -1,7 +1,8 @@
 """Command line: ``vmscan scan``, ``vmscan signatures``, and the nightly/report commands.
 
-Exit codes: 0 nothing at or above ``--fail-on``; 1 findings at or above it; 2 at least
-one image could not be scanned (the others still are); 3 usage error.
+Exit codes (one definition, :func:`vmscan.completeness.exit_code`): 0 nothing at or above
+``--fail-on``; 1 findings at or above it; 2 at least one image could not be scanned, or a
+selected check did not complete on one (the others still are); 3 usage error.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from vmscan import __version__
+from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
 from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, scan_sources
 
 log = logging.getLogger("vmscan")
 
-EXIT_OK, EXIT_FINDINGS, EXIT_IMAGE_ERROR, EXIT_USAGE = 0, 1, 2, 3
 # Subcommands implemented in their own modules: (module, required?)
 _COMMAND_MODULES = ("vmscan.commands.nightly", "vmscan.commands.report", "vmscan.commands.diff")
 
@@ -201,17 +202,23 @@ def atomic_output(path: str | None) -> Iterator[IO[str]]:
             tmp.unlink()
 
 
-def exit_code_for(result: ScanResult, fail_on: str | None) -> int:
-    """Exit code from image statuses and finding severities."""
-    if any(img.status == ImageStatus.ERROR for img in result.images):
-        return EXIT_IMAGE_ERROR
-    if fail_on:
-        limit = SEVERITY_ORDER[fail_on]
-        for img in result.images:
-            for root in img.roots + list(img.sections.get("data_volumes", [])):
-                if any(SEVERITY_ORDER.get(f.severity, 0) >= limit for f in root.findings):
-                    return EXIT_FINDINGS
-    return EXIT_OK
+def summarize_incomplete(data: dict[str, Any], out: IO[str]) -> None:
+    """One line per image that is not fully scanned, on stderr, whatever the log level."""
+    for img in data.get("images") or []:
+        incomplete = incomplete_plugins(img)
+        if not incomplete:
+            continue
+        names: dict[str, str] = {}
+        for inc in incomplete:
+            # "failed" wins over "partial" when a plugin did not complete on several roots.
+            if names.get(inc.plugin) != "failed":
+                names[inc.plugin] = inc.status
+        what = ", ".join(f"{n} ({st})" for n, st in names.items())
+        print(
+            f"vmscan: {img.get('source')}: {img.get('status')}: checks that did not complete: "
+            f"{what}; not scanned is not clean (errors[] says why)",
+            file=out,
+        )
 
 
 def _progress_bar(total: int, quiet: bool) -> Any:
@@ -340,7 +347,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     for img in result.images:
         if img.status == ImageStatus.ERROR:
             log.error("%s: %s", img.source, "; ".join(img.errors) or "error")
-    return exit_code_for(result, args.fail_on)
+    summarize_incomplete(data, sys.stderr)
+    return exit_code(data, args.fail_on)
 
 
 @contextlib.contextmanager

@@ -121,7 +121,7 @@ class Package:
 class Finding:
     """One rule hit on one target (package, path or the root itself)."""
 
-    check: str  # "antivirus" | "patch" | "license" | "migration"
+    check: str  # "antivirus" | "patch" | "license" | "migration" | "inventory" (catalogers)
     rule_id: str
     severity: str
     title: str

@@ -24,6 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from vmscan import __version__
+from vmscan.completeness import (
+    EXIT_IMAGE_ERROR,
+    EXIT_OK,
+    exit_code,
+    finalize_image_dict,
+    incomplete_plugins,
+    plugin_status,
+)
 from vmscan.diff import diff_runs, iter_roots
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
@@ -38,7 +46,7 @@ HEAD_BYTES = 1 << 20
 _QEMU_IMG_TIMEOUT = 60
 _MAX_INFO_BYTES = 4 << 20
 
-EXIT_OK, EXIT_FINDINGS, EXIT_IMAGE_ERROR, EXIT_USAGE = 0, 1, 2, 3
+# Exit codes and ``exit_code`` are vmscan.completeness's (the same for ``vmscan scan``).
 
 # Which check's results depend on which data digest: a change of only that digest
 # re-runs only that check on an otherwise unchanged image.
@@ -672,7 +680,14 @@ def plan(
             item.previous_run = prev.run_id
             item.previous_digest = prev.result_digest
             prev_meta = prev.identity or {}
-            if prev.scan_key == scan_key:
+            if not prev.scan_key and prev.status != "error":
+                # Stored without a key: a check did not complete (or the image changed
+                # under the scan). Never carried forward: scanned again.
+                item.reason = (
+                    f"the scan of run {prev.run_id} did not complete (or the image changed "
+                    "under it): retried"
+                )
+            elif prev.scan_key == scan_key:
                 item.action, item.reason = "carry", f"unchanged since run {prev.origin_run_id}"
             elif prev_meta.get("base_key") == base_key:
                 old = prev_meta.get("digests") or {}
@@ -814,12 +829,7 @@ def offline_recheck(
             except Exception as exc:  # fall back to a scan with the appliance
                 log.info("offline %s re-check failed (%s); rescanning", plugin.NAME, exc)
                 return None
-            status = "partial" if ctx.notes else "succeeded"
-            statuses[plugin.NAME] = {
-                "name": plugin.NAME,
-                "status": status,
-                "reason": "; ".join(ctx.notes),
-            }
+            statuses[plugin.NAME] = to_jsonable(plugin_status(plugin.NAME, ctx.notes))
         root["findings"] = [
             f for f in root.get("findings") or [] if f.get("check") not in checks
         ] + to_jsonable(fresh)
@@ -830,6 +840,7 @@ def offline_recheck(
                 sections[check] = to_jsonable(rr.sections[check])
         root["sections"] = sections
         root["plugins"] = list(statuses.values())
+    finalize_image_dict(merged)
     return merged
 
 
@@ -849,21 +860,6 @@ def _error_result(source: str, message: str) -> dict[str, Any]:
 
 def _all_findings(image: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for r in iter_roots(image) for f in r.get("findings") or []]
-
-
-def exit_code(doc: dict[str, Any], fail_on: str | None) -> int:
-    """2 if an image could not be scanned; else 1 for findings at/above fail_on; else 0."""
-    images = doc.get("images") or []
-    if any(i.get("status") == "error" for i in images):
-        return EXIT_IMAGE_ERROR
-    if fail_on:
-        limit = SEVERITY_ORDER[fail_on]
-        for img in images:
-            if any(
-                SEVERITY_ORDER.get(str(f.get("severity")), 0) >= limit for f in _all_findings(img)
-            ):
-                return EXIT_FINDINGS
-    return EXIT_OK
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:
@@ -947,6 +943,9 @@ class NightlyOutcome:
     warnings: list[str] = field(default_factory=list)
     expired_runs: list[int] = field(default_factory=list)
     error: str = ""
+    # Plugins that did not complete in this run's results, by name; images concerned.
+    checks_incomplete: dict[str, int] = field(default_factory=dict)
+    images_incomplete: int = 0
 
 
 @contextlib.contextmanager
@@ -1158,6 +1157,7 @@ def _execute(
         result["source"] = item.source.path
         if item.action == "partial" and item.previous_digest:
             result = _merge_partial(db.load_result(item.previous_digest), result, item.checks)
+        finalize_image_dict(result)  # whatever the scan function: status follows plugins
         ident = item.identity
         try:
             after = source_identity(item.source)
@@ -1175,6 +1175,9 @@ def _execute(
         except OSError as exc:
             result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
             result["status"] = "error"
+            ident = None
+        if ident is not None and incomplete_plugins(result):
+            # A check that did not complete is retried next run: nothing is carried forward.
             ident = None
         if result.get("status") == "error":
             outcome.failed += 1
@@ -1194,7 +1197,8 @@ def _execute(
         if rechecked is None:
             continue
         rechecked.setdefault("errors", [])
-        store(it, rechecked, ident=it.identity, offline=True)
+        ident = None if incomplete_plugins(rechecked) else it.identity
+        store(it, rechecked, ident=ident, offline=True)
         outcome.partial_rescans += 1
         log.info("%s: re-checked %s without opening it", it.source.path, ", ".join(it.checks))
 
@@ -1253,6 +1257,9 @@ def _finish(
         ],
     }
     outcome.findings_by_severity = dict(summary["findings_by_severity"])
+    incomplete = [incomplete_plugins(img) for img in doc.get("images") or []]
+    outcome.images_incomplete = sum(1 for i in incomplete if i)
+    outcome.checks_incomplete = dict(Counter(x.plugin for i in incomplete for x in i))
     code = exit_code(doc, cfg.fail_on)
     db.finish_run(run_id, RUN_COMPLETE, summary=summary)
     try:
@@ -1322,6 +1329,18 @@ def format_metrics(outcome: NightlyOutcome) -> str:
         "Unchanged images re-checked only for changed signatures or advisories.",
         [("", outcome.partial_rescans)],
     )
+    names = sorted(set(ALL_CHECKS) | set(outcome.checks_incomplete))
+    metric(
+        "vmscan_nightly_checks_incomplete",
+        "Checks and catalogers that failed or did not complete, per name, in the last run "
+        "(one per root; those images are partial and are rescanned next run).",
+        [(f'{{check="{_label(n)}"}}', outcome.checks_incomplete.get(n, 0)) for n in names],
+    )
+    metric(
+        "vmscan_nightly_images_incomplete",
+        "Images on which at least one selected check did not complete in the last run.",
+        [("", outcome.images_incomplete)],
+    )
     metric(
         "vmscan_nightly_findings",
         "Findings in the last run by severity.",
@@ -1345,6 +1364,11 @@ def format_metrics(outcome: NightlyOutcome) -> str:
             [("", outcome.run_id)],
         )
     return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value, escaped (text exposition format)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def write_metrics(path: str | os.PathLike[str], outcome: NightlyOutcome) -> None:

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from vmscan import SCHEMA_VERSION, __version__
+from vmscan.completeness import bound, finalize_image, plugin_status
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
@@ -30,7 +31,6 @@ from vmscan.model import (
     ImageResult,
     ImageStatus,
     OSInfo,
-    PluginStatus,
     RootResult,
     ScanResult,
 )
@@ -174,6 +174,11 @@ def _image_facts(g: Any) -> dict[str, Any]:
 
 
 def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
+    """Every cataloger, then the selected checks; each one's status from what it said.
+
+    One plugin never aborts the image: an exception makes it ``failed``, a gap note
+    ``partial`` (see :mod:`vmscan.completeness`); the image status follows from them.
+    """
     from vmscan.registry import catalogers_for, checks_for
 
     for cat in catalogers_for(opts.checks):
@@ -182,20 +187,18 @@ def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
             if not cat.applies(fs, ctx.root.os):
                 continue
             ctx.root.packages.extend(cat.catalog(fs, ctx))
-            status = "partial" if ctx.notes else "succeeded"
-            ctx.root.plugins.append(PluginStatus(cat.NAME, status, "; ".join(ctx.notes)))
+            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes))
         except Exception as e:  # one plugin never aborts the image
             log.debug("cataloger %s failed", cat.NAME, exc_info=True)
-            ctx.root.plugins.append(PluginStatus(cat.NAME, "failed", str(e) or type(e).__name__))
+            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes, e))
     for check in checks_for(opts.checks):
         ctx.notes = []
         try:
             ctx.root.findings.extend(check.run(fs, ctx))
-            status = "partial" if ctx.notes else "succeeded"
-            ctx.root.plugins.append(PluginStatus(check.NAME, status, "; ".join(ctx.notes)))
+            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes))
         except Exception as e:
             log.debug("check %s failed", check.NAME, exc_info=True)
-            ctx.root.plugins.append(PluginStatus(check.NAME, "failed", str(e) or type(e).__name__))
+            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes, e))
 
 
 def _scan_mounted(
@@ -248,6 +251,8 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         result.disks = list(src.disks)
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
             _scan_session(sess, result, opts)
+        # A check that could not run never leaves the image "ok".
+        finalize_image(result, opts.checks)
     except ImageError as e:
         result.status = ImageStatus.ERROR
         result.errors.append(str(e))
@@ -256,6 +261,7 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         result.status = ImageStatus.ERROR
         result.errors.append(f"internal error: {type(e).__name__}: {e}")
         result.sections["traceback"] = traceback.format_exc(limit=5)
+    result.errors[:] = [bound(e) for e in result.errors]
     result.finished_at = now_iso()
     result.duration_s = round(time.monotonic() - t0, 3)
     return result

@@ -5,8 +5,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from vmscan.catalog.common import TEXT_DB_LIMIT, distro_id, distro_qualifier, make_purl
-from vmscan.errors import GuestReadError
+from vmscan.catalog.common import (
+    TEXT_DB_LIMIT,
+    DbDamage,
+    PackageDbBroken,
+    distro_id,
+    distro_qualifier,
+    make_purl,
+    record_broken_db,
+)
+from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import OSInfo, Package
 from vmscan.plugins import Cataloger, ScanContext
@@ -19,10 +27,11 @@ NAME = "os/apk"
 
 @dataclass
 class ApkParse:
-    """Packages of one installed file plus what was wrong in it."""
+    """Packages of one installed file plus what was wrong in it (counted, not listed)."""
 
     packages: list[Package] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    damage: DbDamage = field(default_factory=lambda: DbDamage(INSTALLED))
 
 
 def _records(text: str) -> tuple[list[tuple[int, dict[str, str]]], int]:
@@ -54,17 +63,15 @@ def _records(text: str) -> tuple[list[tuple[int, dict[str, str]]], int]:
 
 def parse_installed(text: str, label: str, os_info: OSInfo | None = None) -> ApkParse:
     """Parse an apk ``installed`` database; bad records are noted and skipped."""
-    res = ApkParse()
+    res = ApkParse(damage=DbDamage(label))
     os_info = os_info or OSInfo()
     namespace = distro_id(os_info) or "alpine"
     distro = distro_qualifier(os_info)
     records, bad = _records(text)
-    if bad:
-        res.notes.append(f"{label}: {bad} malformed line(s) ignored")
     for lineno, rec in records:
         name, version = rec.get("P", "").strip(), rec.get("V", "").strip()
         if not name or not version:
-            res.notes.append(f"{label}: record at line {lineno} has no P: or V: field")
+            res.damage.add("record(s) with no P: or V: field", f"line {lineno}")
             continue
         arch = rec.get("A", "").strip()
         origin = rec.get("o", "").strip() or name
@@ -91,6 +98,12 @@ def parse_installed(text: str, label: str, os_info: OSInfo | None = None) -> Apk
                 extra=extra,
             )
         )
+    if bad:
+        res.damage.add("malformed line(s) ignored", n=bad)
+    if text and not text.endswith("\n"):
+        res.damage.add("cut-off last line (file truncated?)")
+    if res.damage:
+        res.notes.append(res.damage.summary(len(res.packages)))
     return res
 
 
@@ -106,9 +119,36 @@ class ApkCataloger(Cataloger):
     def catalog(self, fs: GuestFS, ctx: ScanContext) -> list[Package]:
         try:
             data = fs.read_bytes(INSTALLED, TEXT_DB_LIMIT)
+        except TooLargeError as e:
+            record_broken_db(ctx.root, NAME, INSTALLED, str(e), usable=False)
+            raise PackageDbBroken(f"{INSTALLED}: not read: {e}") from e
         except GuestReadError as e:
-            ctx.notes.append(f"{INSTALLED}: not read: {e}")
-            return []
+            # A failure to look is never "no packages".
+            raise PackageDbBroken(f"{INSTALLED}: not read: {e}") from e
         res = parse_installed(data.decode("utf-8", errors="replace"), INSTALLED, ctx.root.os)
         ctx.notes.extend(res.notes)
-        return res.packages
+        summary = res.damage.summary(len(res.packages)) if res.damage else ""
+        if res.damage:
+            record_broken_db(
+                ctx.root,
+                NAME,
+                INSTALLED,
+                summary,
+                usable=bool(res.packages),
+                details={"packages_read": len(res.packages), "problems": dict(res.damage.counts)},
+            )
+        if res.packages:
+            return res.packages
+        if summary:
+            raise PackageDbBroken(f"apk database unusable: {summary}")
+        if _alpine_like(ctx.root.os):
+            why = f"{INSTALLED} lists no package, yet this is an apk-managed system"
+            record_broken_db(ctx.root, NAME, INSTALLED, why, usable=False)
+            raise PackageDbBroken(why)
+        return []
+
+
+def _alpine_like(os_info: OSInfo) -> bool:
+    """The OS says it is managed by apk (then an empty database cannot be right)."""
+    words = {os_info.package_format, os_info.package_management, os_info.distro}
+    return bool(words & {"apk", "alpine"}) or os_info.os_release_id == "alpine"

@@ -9,8 +9,17 @@ from dataclasses import dataclass, field
 from debian import deb822
 from debian.debian_support import Version
 
-from vmscan.catalog.common import TEXT_DB_LIMIT, distro_id, distro_qualifier, make_purl
-from vmscan.errors import GuestReadError
+from vmscan.catalog.common import (
+    TEXT_DB_LIMIT,
+    DbDamage,
+    PackageDbBroken,
+    distro_id,
+    distro_qualifier,
+    make_purl,
+    record_broken_db,
+)
+from vmscan.completeness import info, join_notes
+from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import OSInfo, Package
 from vmscan.plugins import Cataloger, ScanContext
@@ -27,11 +36,15 @@ _SOURCE_RE = re.compile(r"^\s*(\S+)(?:\s*\(\s*([^)\s]+)\s*\))?\s*$")
 
 @dataclass
 class DpkgParse:
-    """Packages of one status file plus what was wrong in it."""
+    """Packages of one status file plus what was wrong in it (counted, not listed)."""
 
     packages: list[Package] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped_not_installed: int = 0
+    #: Records lost (no Package, bad Status, no Version), malformed lines, a cut-off end.
+    damage: DbDamage = field(default_factory=lambda: DbDamage(""))
+    paragraphs: int = 0
+    lines: int = 0
 
 
 def _blocks(text: str) -> list[tuple[int, list[str]]]:
@@ -89,44 +102,55 @@ def is_installed(status: str) -> bool:
 
 
 def parse_status(text: str, label: str, os_info: OSInfo | None = None) -> DpkgParse:
-    """Parse dpkg status text; one bad paragraph is noted and skipped."""
-    res = DpkgParse()
+    """Parse dpkg status text; bad paragraphs are counted and skipped, never fatal.
+
+    ``notes`` holds at most two bounded lines: the damage (records lost, malformed
+    lines, a file cut in the middle of a line) as a gap, and odd but usable values
+    (invalid version strings, malformed ``Source``) as :class:`Info`.
+    """
+    res = DpkgParse(damage=DbDamage(label))
+    odd = DbDamage(label)
+    damage = res.damage
     os_info = os_info or OSInfo()
     namespace = distro_id(os_info) or "debian"
     distro = distro_qualifier(os_info)
     bad_lines = 0
+    first_bad = 0
     for lineno, lines in _blocks(text):
+        res.paragraphs += 1
+        res.lines += len(lines)
         good: list[str] = []
-        for line in lines:
+        for n, line in enumerate(lines):
             if (line[:1] in (" ", "\t") and good) or _FIELD_RE.match(line):
                 good.append(line)
             else:
                 bad_lines += 1
+                first_bad = first_bad or lineno + n
         if not good:
             continue
         para = deb822.Deb822(good)
         name = (para.get("Package") or "").strip()
         version = (para.get("Version") or "").strip()
         if not name:
-            res.notes.append(f"{label}: paragraph at line {lineno} has no Package field")
+            damage.add("paragraph(s) with no Package field", f"line {lineno}")
             continue
         status = para.get("Status")
         if status is None:
             # status.d/ files of distroless images carry no Status: they are installed.
             status = "install ok installed" if label.startswith(STATUS_D) else ""
         if status and not valid_status(status):
-            res.notes.append(f"{label}: package {name} has an invalid Status {status[:60]!r}")
+            damage.add("package(s) with an invalid Status", f"{name} {status[:40]!r}")
             continue
         if not is_installed(status):
             res.skipped_not_installed += 1
             continue
         if not version:
-            res.notes.append(f"{label}: package {name} (line {lineno}) has no Version field")
+            damage.add("package(s) with no Version field", f"{name} (line {lineno})")
             continue
         try:
             Version(version)
         except ValueError:
-            res.notes.append(f"{label}: package {name} has an invalid version {version!r}")
+            odd.add("package(s) with an invalid version", f"{name} {version[:40]!r}")
         arch = (para.get("Architecture") or "").strip()
         src_name, src_version = name, version
         source = para.get("Source")
@@ -136,7 +160,7 @@ def parse_status(text: str, label: str, os_info: OSInfo | None = None) -> DpkgPa
                 src_name = m.group(1)
                 src_version = m.group(2) or version
             else:
-                res.notes.append(f"{label}: package {name} has a malformed Source {source!r}")
+                odd.add("package(s) with a malformed Source", f"{name} {source[:40]!r}")
         quals = {"arch": arch, "distro": distro}
         if src_name != name or src_version != version:
             quals["upstream"] = src_name if src_version == version else f"{src_name}@{src_version}"
@@ -161,8 +185,27 @@ def parse_status(text: str, label: str, os_info: OSInfo | None = None) -> DpkgPa
             )
         )
     if bad_lines:
-        res.notes.append(f"{label}: {bad_lines} malformed line(s) ignored")
+        # A garbled "Status:" line reads as "not installed": malformed lines are a gap too.
+        damage.add("malformed line(s) ignored", f"first at line {first_bad}", n=bad_lines)
+    if text and not text.endswith("\n"):
+        # dpkg always ends the file with a newline: this one was cut off.
+        damage.add("cut-off last line (file truncated?)")
+    if damage:
+        res.notes.append(damage.summary(len(res.packages), "installed package(s)"))
+    if odd:
+        res.notes.append(info(odd.summary()))
     return res
+
+
+def _debian_like(os_info: OSInfo) -> bool:
+    """The OS says it is managed by dpkg (then an empty database cannot be right)."""
+    words = {
+        os_info.package_format,
+        os_info.package_management,
+        os_info.distro,
+        os_info.os_release_id,
+    }
+    return bool(words & {"deb", "dpkg", "apt", "debian", "ubuntu"})
 
 
 class DpkgCataloger(Cataloger):
@@ -187,20 +230,52 @@ class DpkgCataloger(Cataloger):
                 files.append(path)
         seen: set[tuple[str, str]] = set()
         out: list[Package] = []
+        damaged: list[tuple[str, DpkgParse]] = []
+        unread: list[str] = []
         for path in files:
             try:
                 data = fs.read_bytes(path, TEXT_DB_LIMIT)
+            except TooLargeError as e:
+                # Never parsed: a status file this large is itself a sign of damage.
+                unread.append(f"{path}: not read: {e}")
+                record_broken_db(ctx.root, NAME, path, str(e), usable=False)
+                continue
             except GuestReadError as e:
-                ctx.notes.append(f"{path}: not read: {e}")
+                unread.append(f"{path}: not read: {e}")
                 continue
             res = parse_status(data.decode("utf-8", errors="replace"), path, ctx.root.os)
             ctx.notes.extend(res.notes)
+            if res.damage:
+                damaged.append((path, res))
             for pkg in res.packages:
                 key = (pkg.name, pkg.arch)
                 if key in seen:
                     continue
                 seen.add(key)
                 out.append(pkg)
-        if files and not out and not ctx.notes:
-            log.debug("dpkg database present but no installed package")
+        for path, res in damaged:
+            record_broken_db(
+                ctx.root,
+                NAME,
+                path,
+                res.damage.summary(len(res.packages), "installed package(s)"),
+                usable=bool(res.packages),
+                details={
+                    "packages_read": len(res.packages),
+                    "paragraphs": res.paragraphs,
+                    "problems": dict(res.damage.counts),
+                },
+            )
+        if out:
+            ctx.notes.extend(unread)
+            return out
+        # Nothing usable: a failure, never an empty inventory (the reason says why).
+        reasons = unread + [r.damage.summary(0, "installed package(s)") for _p, r in damaged]
+        if reasons:
+            raise PackageDbBroken("dpkg database unusable: " + join_notes(reasons))
+        if STATUS in files and _debian_like(ctx.root.os):
+            why = f"{STATUS} lists no installed package, yet this is a dpkg-managed system"
+            record_broken_db(ctx.root, NAME, STATUS, why, usable=False)
+            raise PackageDbBroken(why)
+        log.debug("dpkg database present but no installed package")
         return out

@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmscan.catalog.common import record_broken_db
+from vmscan.completeness import bound, join_notes
 from vmscan.eol import windows_product
 from vmscan.errors import GuestReadError, VmscanError
 from vmscan.guestfs_view import GuestFS, Hive
@@ -78,6 +80,8 @@ class WindowsFacts:
     # Cumulative updates (Package_for_RollupFix) in CBS: name, UBR, CurrentState.
     rollups: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Keys that could not be read or that every Windows has and this hive lacks.
+    damage: list[str] = field(default_factory=list)
 
 
 def read_software(hive: Hive, os_arch: str = "") -> WindowsFacts:
@@ -99,9 +103,9 @@ def read_software(hive: Hive, os_arch: str = "") -> WindowsFacts:
                     if s:
                         res.facts[key] = s.strip()
         else:
-            res.notes.append(f"SOFTWARE hive has no {CURRENT_VERSION} key")
+            res.damage.append(f"no {CURRENT_VERSION} key")
     except HiveError as e:
-        res.notes.append(f"SOFTWARE\\{CURRENT_VERSION}: {e}")
+        res.damage.append(f"SOFTWARE\\{CURRENT_VERSION}: {e}")
     for path, view in UNINSTALL_VIEWS:
         try:
             node = lookup(hive, path)
@@ -109,7 +113,7 @@ def read_software(hive: Hive, os_arch: str = "") -> WindowsFacts:
                 continue
             children = hive.children(node)
         except HiveError as e:
-            res.notes.append(f"SOFTWARE\\{path}: {e}")
+            res.damage.append(f"SOFTWARE\\{path}: {e}")
             continue
         if len(children) > MAX_PROGRAMS:
             res.notes.append(
@@ -154,7 +158,7 @@ def read_software(hive: Hive, os_arch: str = "") -> WindowsFacts:
                 )
             )
         if bad:
-            res.notes.append(f"SOFTWARE\\{path}: {bad} unreadable entr(y/ies) skipped")
+            res.damage.append(f"SOFTWARE\\{path}: {bad} unreadable entr(y/ies) skipped")
     try:
         node = lookup(hive, CBS_PACKAGES)
         if node is not None:
@@ -171,7 +175,7 @@ def read_software(hive: Hive, os_arch: str = "") -> WindowsFacts:
                     res.rollups.append({"name": name[:200], "ubr": int(r.group(1)), "state": state})
             res.kbs = sorted(kbs, key=lambda k: int(k[2:]))
     except HiveError as e:
-        res.notes.append(f"SOFTWARE\\{CBS_PACKAGES}: {e}")
+        res.damage.append(f"SOFTWARE\\{CBS_PACKAGES}: {e}")
     return res
 
 
@@ -203,6 +207,14 @@ def read_system(hive: Hive) -> tuple[dict[str, Any], list[str]]:
     return facts, notes
 
 
+def damaged_message(path: str, detail: str) -> str:
+    """What a person is told when the SOFTWARE hive cannot be read (bounded)."""
+    return bound(
+        f"Windows installation found, its SOFTWARE hive is damaged ({path}: {bound(detail, 400)}); "
+        "inventory incomplete"
+    )
+
+
 class WindowsCataloger(Cataloger):
     """Programs from the registry Uninstall keys; Windows facts into ``root.os.extra``."""
 
@@ -210,7 +222,9 @@ class WindowsCataloger(Cataloger):
     VERSION = "1"
 
     def applies(self, fs: GuestFS, os_info: OSInfo) -> bool:
-        if os_info.type not in ("windows", "unknown", ""):
+        # By presence: also on a data volume ("none"), where inspection may have given up
+        # on a Windows tree because of the very hive damage this cataloger reports.
+        if os_info.type not in ("windows", "unknown", "", "none"):
             return False
         return find_hive(fs, "SOFTWARE") is not None
 
@@ -221,16 +235,29 @@ class WindowsCataloger(Cataloger):
             return []
         try:
             hive = fs.open_hive(software)
-        except GuestReadError as e:
-            raise VmscanError(f"{software}: {e}") from e
-        except RuntimeError as e:  # a hivex failure that escaped the hive wrapper
-            raise VmscanError(f"{software}: cannot open hive: {e}") from e
+        except (GuestReadError, RuntimeError) as e:
+            # RuntimeError: a hivex failure that escaped the hive wrapper.
+            why = damaged_message(software, str(e))
+            if isinstance(e, (HiveError, RuntimeError)):  # the file is there, not a hive
+                record_broken_db(ctx.root, NAME, software, why, usable=False)
+            raise VmscanError(why) from e
         try:
             res = read_software(hive, os_info.arch if os_info.arch != "unknown" else "")
         finally:
             # libguestfs allows one open hive per handle: close before SYSTEM.
             hive.close()
         ctx.notes.extend(f"{software}: {n}" for n in res.notes)
+        if res.damage:
+            why = damaged_message(software, join_notes(res.damage, 400))
+            ctx.notes.append(why)
+            record_broken_db(
+                ctx.root,
+                NAME,
+                software,
+                why,
+                usable=bool(res.programs or res.facts),
+                details={"programs_read": len(res.programs), "problems": len(res.damage)},
+            )
         extra = os_info.extra
         extra.update(res.facts)
         extra["installed_kbs"] = res.kbs
@@ -240,7 +267,10 @@ class WindowsCataloger(Cataloger):
             try:
                 shive = fs.open_hive(system)
             except (GuestReadError, RuntimeError) as e:
-                ctx.notes.append(f"{system}: {e}")
+                ctx.notes.append(
+                    f"{system}: SYSTEM hive damaged or unreadable ({e}): hostname "
+                    "and product type unknown"
+                )
             else:
                 try:
                     facts, notes = read_system(shive)
@@ -251,7 +281,7 @@ class WindowsCataloger(Cataloger):
                 if facts.get("hostname") and not os_info.hostname:
                     os_info.hostname = facts["hostname"]
         if os_info.type in ("unknown", ""):
-            os_info.type = "windows"
+            os_info.type = "windows"  # a data volume ("none") stays one
         # Windows 11 still calls itself "Windows 10" in ProductName.
         registry_name = str(extra.get("product_name") or "")
         product = windows_product(os_info)

@@ -10,9 +10,10 @@ from typing import Any
 from vmscan.av.cache import VerdictCache
 from vmscan.av.clamd_client import ClamdClient, ClamdConnectionError, ClamdUnavailable
 from vmscan.av.clamd_manager import ClamdLimits, managed_info, restart_managed
-from vmscan.av.engine import ClamdLink, RootAvResult, RootScanner, severity_of
+from vmscan.av.engine import ClamdLink, Outcome, RootAvResult, RootScanner, severity_of
 from vmscan.av.magic import parse_scope
 from vmscan.av.signatures import DEFAULT_SIG_DIR, database_digest, load_sha256_signatures
+from vmscan.completeness import bound
 from vmscan.errors import UsageError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import Finding
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 #: How many not-scanned paths the report lists (the rest are only counted).
 NOT_SCANNED_CAP = 100
 _MAX_NOTES = 50
+#: ``not_scanned`` reason of every file when clamd cannot be reached at all.
+ENGINE_UNAVAILABLE = "engine_unavailable"
+#: ``not_scanned`` reason of every file when the check itself broke down.
+CHECK_FAILED = "check_failed"
 
 
 def fingerprint(rule_id: str, path: str, sha256: str) -> str:
@@ -77,6 +82,46 @@ class AntivirusCheck(Check):
     VERSION = "1"
 
     def run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
+        """Scan the root; when that cannot happen, every file is counted as not scanned.
+
+        The section is always written (root and image level) before an error goes up: an
+        unreachable clamd makes the plugin ``failed`` and the section ``incomplete`` with
+        each file under ``not_scanned`` (reason ``engine_unavailable``), never a missing
+        section that a reader could take for "nothing to report".
+        """
+        try:
+            return self._run(fs, ctx)
+        except ClamdUnavailable as e:
+            self._nothing_scanned(ctx, ENGINE_UNAVAILABLE, f"engine unavailable: {e}")
+            raise
+        except Exception as e:
+            why = f"antivirus check failed: {type(e).__name__}: {e}"
+            self._nothing_scanned(ctx, CHECK_FAILED, why)
+            raise
+
+    def _nothing_scanned(self, ctx: ScanContext, reason: str, detail: str) -> None:
+        """The section of a root whose files never reached the engine (every file listed)."""
+        if "antivirus" in ctx.root.sections:  # already accounted for: never count twice
+            return
+        detail = bound(detail, 300)
+        res = RootAvResult(files_total=len(ctx.manifest))
+        for e in ctx.manifest:
+            res.outcomes[e.path] = (e, Outcome("not_scanned", reason=reason, detail=detail))
+        address = str(ctx.options.get("clamd") or "")
+        managed = bool(address) and managed_info(address) is not None
+        try:
+            scope = parse_scope(ctx.options.get("av_scope"))
+        except ValueError:
+            scope = None
+        section = self._section(res, "", "", address, managed, scope)
+        section["detail"] = detail
+        ctx.root.sections["antivirus"] = section
+        if ctx.image is not None:
+            ctx.image.sections["antivirus"] = merge_sections(
+                ctx.image.sections.get("antivirus"), section, ctx.root.device
+            )
+
+    def _run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
         opts = ctx.options
         address = opts.get("clamd")
         if not address:

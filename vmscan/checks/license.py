@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from vmscan.completeness import Info, info, relabel
 from vmscan.guestfs_view import GuestFS, Stat
 from vmscan.license.copyright import read_package_copyright
 from vmscan.license.doctree import prefetched_docs
@@ -106,7 +107,7 @@ def _fill_one(
         if pnotes:
             pkg.extra["license_notes"] = list(pnotes[:3])
         for n in pnotes[:3]:
-            notes.append(f"{pkg.name}: {n}")
+            notes.append(relabel(n, f"{pkg.name}: {n}"))
         return
     if kind in ("rpm", "apk"):
         declared = str(pkg.extra.get("license_declared") or "").strip()
@@ -118,14 +119,15 @@ def _fill_one(
         if norm is None:
             pkg.license_source = "unknown"
             pkg.extra["license_notes"] = [f"licence {declared[:80]!r} not understood"]
-            notes.append(f"{pkg.name}: licence {declared[:80]!r} not understood")
+            # Reported as unknown, which is the truth: a reading, not a gap.
+            notes.append(info(f"{pkg.name}: licence {declared[:80]!r} not understood"))
             return
         pkg.licenses = [norm.expression]
         pkg.license_source = field
         if norm.notes:
             pkg.extra["license_notes"] = list(norm.notes[:3])
         for n in norm.notes[:3]:
-            notes.append(f"{pkg.name}: {n}")
+            notes.append(info(f"{pkg.name}: {n}"))
         return
     # Windows programs and unknown formats: nothing states a licence.
     pkg.license_source = "unknown"
@@ -291,10 +293,14 @@ class LicenseCheck(Check):
             }
         )
         ctx.root.sections["license"] = section
+        # Gaps first: the ones cut off by the cap must never be the only gaps.
+        notes.sort(key=lambda n: isinstance(n, Info))
         for n in notes[:_MAX_NOTES]:
-            ctx.notes.append(f"license: {n}")
+            ctx.notes.append(relabel(n, f"license: {n}"))
         if len(notes) > _MAX_NOTES:
-            ctx.notes.append(f"license: {len(notes) - _MAX_NOTES} more notes not shown")
+            more = f"license: {len(notes) - _MAX_NOTES} more notes not shown"
+            rest = notes[_MAX_NOTES:]
+            ctx.notes.append(info(more) if all(isinstance(n, Info) for n in rest) else more)
         return sorted(findings, key=lambda f: (f.rule_id, f.target))
 
 

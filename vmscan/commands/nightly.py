@@ -77,9 +77,16 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"vmscan nightly: run {outcome.run_id}: {outcome.scanned} scanned, "
         f"{outcome.skipped} unchanged, {outcome.partial_rescans} re-checked, "
-        f"{outcome.failed} failed in {outcome.duration_s:.1f} s; exit {outcome.exit_code}",
+        f"{outcome.failed} failed, {outcome.images_incomplete} not fully scanned in "
+        f"{outcome.duration_s:.1f} s; exit {outcome.exit_code}",
         file=sys.stderr,
     )
+    if outcome.checks_incomplete:
+        what = ", ".join(f"{k} ({v})" for k, v in sorted(outcome.checks_incomplete.items()))
+        print(
+            f"vmscan nightly: checks that did not complete (rescanned next run): {what}",
+            file=sys.stderr,
+        )
     if outcome.error:
         print(f"error: {outcome.error}", file=sys.stderr)
     for path in outcome.reports:

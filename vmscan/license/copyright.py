@@ -18,6 +18,7 @@ from typing import Any
 from debian.copyright import Copyright
 from debian.copyright import Error as CopyrightError
 
+from vmscan.completeness import info
 from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS, Stat
 from vmscan.license.spdx_map import LicenseMap, default_map
@@ -454,13 +455,17 @@ def read_package_copyright(
     limit: int = COPYRIGHT_LIMIT,
     memo: dict[str, Stat | None] | None = None,
 ) -> tuple[CopyrightLicense, str]:
-    """(licences, path read) for one dpkg package; path "" when there is no file."""
+    """(licences, path read) for one dpkg package; path "" when there is no file.
+
+    Notes on how a file was read are :class:`~vmscan.completeness.Info`; a file that is
+    there but could not be read is a plain note (a gap: the licence check is partial).
+    """
     if not package or "/" in package or package in (".", ".."):
-        return CopyrightLicense((), "none", (), ("bad package name",)), ""
+        return CopyrightLicense((), "none", (), (info("bad package name"),)), ""
     wanted = f"{DOC_ROOT}/{package}/copyright"
     path = resolve_in_guest(fs, wanted, memo=memo)
     if path is None:
-        return CopyrightLicense((), "none", (), (f"no {wanted}",)), ""
+        return CopyrightLicense((), "none", (), (info(f"no {wanted}"),)), ""
     notes: list[str] = []
     try:
         data = fs.read_bytes(path, limit)
@@ -476,4 +481,5 @@ def read_package_copyright(
     except GuestReadError as e:
         return CopyrightLicense((), "none", (), (f"{wanted}: {e}",)), path
     res = parse_copyright(data, lmap)
-    return CopyrightLicense(res.licenses, res.method, res.names, (*notes, *res.notes)), path
+    readings = tuple(info(n) for n in (*notes, *res.notes))
+    return CopyrightLicense(res.licenses, res.method, res.names, readings), path

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vmscan.completeness import info
 from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import DEFAULT_READ_LIMIT, GuestFS, Hive, Stat
 from vmscan.model import FileEntry
@@ -174,7 +175,9 @@ def prefetched_docs(
     size = expected_tree_bytes(manifest)
     if size is None or size > MAX_TREE_BYTES:
         if size is not None:
-            notes.append(f"{DOC_ROOT} holds {size} bytes of docs: copyright files read one by one")
+            notes.append(
+                info(f"{DOC_ROOT} holds {size} bytes of docs: copyright files read one by one")
+            )
         yield fs
         return
     with tempfile.TemporaryDirectory(prefix="vmscan-doc-") as tmp:
@@ -185,7 +188,10 @@ def prefetched_docs(
                 raise GuestReadError("doc tree larger than the manifest said")
             view = DocTreeFS.from_tar(tar_path, fs)
         except (RuntimeError, OSError, tarfile.TarError, GuestReadError) as e:
-            notes.append(f"{DOC_ROOT} bulk read failed ({e}): copyright files read one by one")
+            # The fallback reads every file itself: slower, not less complete.
+            notes.append(
+                info(f"{DOC_ROOT} bulk read failed ({e}): copyright files read one by one")
+            )
             yield fs
             return
         yield view

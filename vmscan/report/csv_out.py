@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from vmscan.completeness import IMAGE_ERROR_RULE, INCOMPLETE_RULE, bound, incomplete_plugins
+from vmscan.diff import iter_roots
 from vmscan.report.json_out import atomic_write_text
 
 _DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
@@ -46,8 +48,9 @@ def neutralise(value: Any) -> str:
 
 
 def _roots(scan_json: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    # OS roots and the data volumes of disks with no OS (their findings count as much).
     for image in scan_json.get("images") or []:
-        for root in image.get("roots") or []:
+        for root in iter_roots(image):
             yield str(image.get("source") or ""), root
 
 
@@ -94,7 +97,39 @@ def license_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
 
 
 def finding_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
-    """One row per finding (all checks); details as compact JSON."""
+    """One row per finding (all checks); details as compact JSON.
+
+    First, a row per image that could not be scanned and per check that did not
+    complete on a root (rule ``VMSCAN-IMAGE-ERROR`` / ``VMSCAN-CHECK-INCOMPLETE``): a
+    spreadsheet without findings must never read as a clean fleet.
+    """
+    for image in scan_json.get("images") or []:
+        source = str(image.get("source") or "")
+        if image.get("status") == "error":
+            errors = [str(e) for e in image.get("errors") or []] or ["could not be scanned"]
+            yield [
+                source,
+                "",
+                "scan",
+                IMAGE_ERROR_RULE,
+                "unknown",
+                bound(f"image could not be scanned: {errors[0]}"),
+                source,
+                json.dumps({"status": "error", "errors": errors[:10]}, ensure_ascii=False),
+            ]
+        for inc in incomplete_plugins(image):
+            yield [
+                source,
+                inc.root,
+                inc.plugin,
+                INCOMPLETE_RULE,
+                "unknown",
+                inc.message(),
+                inc.root,
+                json.dumps(
+                    {"status": inc.status, "reason": inc.reason}, sort_keys=True, ensure_ascii=False
+                ),
+            ]
     for source, root in _roots(scan_json):
         for f in root.get("findings") or []:
             yield [

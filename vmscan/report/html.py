@@ -8,11 +8,14 @@ from typing import IO, Any
 
 import jinja2
 
+from vmscan.completeness import bound, incomplete_plugins
 from vmscan.diff import iter_roots
 from vmscan.model import SEVERITY_ORDER
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_FINDINGS_PER_VM = 2000
+#: Checks listed per image in its banner (the rest are counted).
+MAX_BANNER_LINES = 20
 
 SEVERITY_COLORS = {
     "critical": "#7b1fa2",
@@ -215,9 +218,15 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
                 "not_scanned": dict(counts) if isinstance(counts, dict) else {},
                 "reasons": [str(r) for r in av.get("incomplete_reasons") or []][:10],
             }
+        incomplete = [
+            {"root": i.root, "plugin": i.plugin, "status": i.status, "reason": bound(i.reason, 300)}
+            for i in incomplete_plugins(img)
+        ]
         vms.append(
             {
                 "id": f"vm-{idx}",
+                "incomplete": incomplete[:MAX_BANNER_LINES],
+                "incomplete_more": max(0, len(incomplete) - MAX_BANNER_LINES),
                 "source": str(img.get("source", "")),
                 "status": str(img.get("status", "unknown")),
                 "errors": [str(e) for e in img.get("errors") or []],
@@ -245,8 +254,11 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
         "doc": doc,
         "run": run,
         "vms": vms,
+        # One red banner per image not fully scanned, above everything else.
+        "banners": [vm for vm in vms if vm["incomplete"] or vm["status"] == "error"],
         "n_images": len(images),
         "n_findings": sum(sev.values()),
+        "n_incomplete": sum(1 for vm in vms if vm["incomplete"]),
         "status_chart": bar_chart(sorted(status.items()), STATUS_COLORS),
         "severity_chart": bar_chart(sev_items, SEVERITY_COLORS),
         "check_chart": bar_chart(sorted(by_check.items())),

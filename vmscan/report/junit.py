@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from vmscan.checks.migration import ALL_RULES, RULES_BY_ID
+from vmscan.completeness import incomplete_plugins
 from vmscan.model import SEVERITY_ORDER
 
 #: Findings below this severity do not fail their test case (shown in system-out).
@@ -133,6 +134,33 @@ def _root_cases(suite: ET.Element, counts: _Counts, source: str, root: dict[str,
             counts.skipped += 1
 
 
+def _completeness_cases(
+    suite: ET.Element, counts: _Counts, source: str, image: dict[str, Any]
+) -> None:
+    """An errored test case per check or cataloger that did not complete on a root: the
+    audit above it may rest on an incomplete inventory, and a pipeline must not pass."""
+    roots = {str(r.get("device", "")): r for r in image.get("roots") or []}
+    for inc in incomplete_plugins(image):
+        root = roots.get(inc.root)
+        migration_section = (root.get("sections") or {}).get("migration") if root else None
+        if (
+            inc.plugin == "migration"
+            and root is not None
+            and not isinstance(migration_section, dict)
+        ):
+            continue  # already the errored "migration audit of ..." case of that root
+        cls = _classname("migration", source.rsplit("/", 1)[-1], inc.root)
+        case = _case(suite, counts, cls, f"{inc.plugin} completed")
+        err = ET.SubElement(
+            case, "error", message=_clean(inc.message()), type=f"check-{inc.status}"
+        )
+        err.text = _clean(
+            f"{inc.plugin} did not complete on {inc.root} ({inc.status}): {inc.reason}\n"
+            "Not scanned is not clean: this image is partial."
+        )
+        counts.errors += 1
+
+
 def _suite(image: dict[str, Any]) -> tuple[ET.Element, _Counts]:
     source = str(image.get("source", ""))
     counts = _Counts()
@@ -162,6 +190,7 @@ def _suite(image: dict[str, Any]) -> tuple[ET.Element, _Counts]:
     else:
         for root in image["roots"]:
             _root_cases(suite, counts, source, root)
+    _completeness_cases(suite, counts, source, image)
     counts.set_on(suite)
     suite.set("time", "0")
     return suite, counts

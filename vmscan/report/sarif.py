@@ -9,6 +9,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from vmscan import __version__
+from vmscan.completeness import IMAGE_ERROR_RULE, INCOMPLETE_RULE, incomplete_plugins
 from vmscan.diff import finding_key, iter_roots
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -55,11 +56,33 @@ def to_sarif(doc: dict[str, Any]) -> dict[str, Any]:
     notifications: list[dict[str, Any]] = []
     for image in doc.get("images") or []:
         source = str(image.get("source", ""))
-        for err in image.get("errors") or []:
+        incomplete = incomplete_plugins(image)
+        derived = {i.message() for i in incomplete}
+        for inc in incomplete:
+            # A check that did not complete is an error of the tool run, whatever else it
+            # found: SARIF consumers read it from the invocation (section 3.20.21).
             notifications.append(
                 {
-                    "level": "error" if image.get("status") == "error" else "warning",
+                    "level": "error",
+                    "message": {"text": f"{source}: {inc.message()}"},
+                    "descriptor": {"id": INCOMPLETE_RULE},
+                    "properties": {
+                        "image": source,
+                        "root": inc.root,
+                        "check": inc.plugin,
+                        "status": inc.status,
+                    },
+                }
+            )
+        for err in image.get("errors") or []:
+            if err in derived:
+                continue
+            error = image.get("status") == "error"
+            notifications.append(
+                {
+                    "level": "error" if error else "warning",
                     "message": {"text": f"{source}: {err}"},
+                    **({"descriptor": {"id": IMAGE_ERROR_RULE}} if error else {}),
                 }
             )
         for root in iter_roots(image):
@@ -124,8 +147,10 @@ def to_sarif(doc: dict[str, Any]) -> dict[str, Any]:
         },
         "invocations": [
             {
+                # False exactly when vmscan's exit code says so (2): the notifications say why.
                 "executionSuccessful": not any(
-                    i.get("status") == "error" for i in doc.get("images") or []
+                    i.get("status") == "error" or incomplete_plugins(i)
+                    for i in doc.get("images") or []
                 ),
                 "toolExecutionNotifications": notifications,
             }

@@ -8,11 +8,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmscan.catalog.common import RPMDB_LIMIT, distro_id, distro_qualifier, make_purl
+from vmscan.catalog.common import (
+    RPMDB_LIMIT,
+    DbDamage,
+    distro_id,
+    distro_qualifier,
+    make_purl,
+    record_broken_db,
+)
 from vmscan.catalog.rpm import bdb, ndb, sqlite
 from vmscan.catalog.rpm.errors import RpmDbError
 from vmscan.catalog.rpm.header import HeaderError, RpmHeader, read_header, source_name_version
-from vmscan.errors import GuestReadError
+from vmscan.completeness import bound, info
+from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import OSInfo, Package
 from vmscan.plugins import Cataloger, ScanContext
@@ -58,10 +66,11 @@ def sniff(head: bytes) -> str | None:
 
 @dataclass
 class RpmParse:
-    """Headers of one database file plus what was wrong in it."""
+    """Headers of one database file plus what was wrong in it (counted by kind)."""
 
     headers: list[RpmHeader] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    damage: DbDamage = field(default_factory=lambda: DbDamage("rpm database"))
 
 
 def parse_db_file(path: Path, backend: str | None = None, wal: Path | None = None) -> RpmParse:
@@ -78,17 +87,17 @@ def parse_db_file(path: Path, backend: str | None = None, wal: Path | None = Non
         blobs, notes = sqlite.read_blobs(path, wal)
     else:
         blobs, notes = READERS[backend](path)
-    res = RpmParse(notes=list(notes))
-    bad = 0
-    first_err = ""
+    res = RpmParse(damage=DbDamage(path.name))
+    # A damaged file can yield a note per page or slot: they are counted, not listed.
+    for note in notes:
+        res.damage.add_note(note)
     for blob in blobs:
         try:
             res.headers.append(read_header(blob))
         except HeaderError as e:
-            bad += 1
-            first_err = first_err or str(e)
-    if bad:
-        res.notes.append(f"{bad} corrupt package header(s) skipped (first: {first_err})")
+            res.damage.add("corrupt package header(s) skipped", str(e))
+    if res.damage:
+        res.notes.append(res.damage.summary(len(res.headers)))
     return res
 
 
@@ -180,7 +189,7 @@ class RpmCataloger(Cataloger):
             return []
         if len(dbs) > 1:
             others = ", ".join(p for p, _k in dbs[1:])
-            ctx.notes.append(f"several rpm databases; read {dbs[0][0]}, ignored {others}")
+            ctx.notes.append(info(f"several rpm databases; read {dbs[0][0]}, ignored {others}"))
         path, kind = dbs[0]
         limit = int(ctx.options.get("rpmdb_limit", RPMDB_LIMIT))
         wal = f"{path}-wal"
@@ -193,8 +202,38 @@ class RpmCataloger(Cataloger):
                     host_wal = stack.enter_context(fs.materialize(wal, limit))
                 res = parse_db_file(host, kind, host_wal)
         except RpmDbError as e:
-            raise RpmDbError(f"{path}: {e}") from e
+            why = bound(f"{path}: {e}")
+            record_broken_db(ctx.root, NAME, path, why, usable=False)
+            raise RpmDbError(f"rpm database unusable: {why}") from e
+        except TooLargeError as e:
+            record_broken_db(ctx.root, NAME, path, str(e), usable=False)
+            raise RpmDbError(f"{path}: not copied: {e}") from e
         except GuestReadError as e:
             raise RpmDbError(f"{path}: not copied: {e}") from e
-        ctx.notes.extend(f"{path}: {n}" for n in res.notes)
+        summary = f"{path}: {res.damage.summary(len(res.headers))}" if res.damage else ""
+        if res.damage:
+            record_broken_db(
+                ctx.root,
+                NAME,
+                path,
+                summary,
+                usable=bool(res.headers),
+                details={"packages_read": len(res.headers), "problems": dict(res.damage.counts)},
+            )
+        if not res.headers:
+            if summary:
+                raise RpmDbError(f"rpm database unusable: {summary}")
+            if _rpm_like(ctx.root.os):
+                why = f"{path} holds no package, yet this is an rpm-managed system"
+                record_broken_db(ctx.root, NAME, path, why, usable=False)
+                raise RpmDbError(why)
+            return []
+        if summary:
+            ctx.notes.append(summary)
         return [header_to_package(h, ctx.root.os) for h in res.headers]
+
+
+def _rpm_like(os_info: OSInfo) -> bool:
+    """The OS says rpm manages it (then an empty database cannot be right)."""
+    words = {os_info.package_format, os_info.package_management}
+    return bool(words & {"rpm", "dnf", "yum", "zypper", "tdnf"})

@@ -22,8 +22,30 @@ def read_blobs(path: Path, wal: Path | None = None) -> tuple[list[bytes], list[s
     not checkpointed holds the newest transactions only there.
     """
     with open(path, "rb") as fh:
-        if fh.read(16) != SQLITE_MAGIC:
-            raise RpmDbError("not an SQLite 3 database")
+        head = fh.read(100)
+    if head[:16] != SQLITE_MAGIC:
+        raise RpmDbError("not an SQLite 3 database")
+    cut = _truncation(head, path.stat().st_size)
+    try:
+        return _open(path, wal)
+    except RpmDbError as e:
+        # SQLite refuses a cut file as "malformed": say what happened to it.
+        raise RpmDbError(f"{cut}: {e}" if cut else str(e)) from e
+
+
+def _truncation(head: bytes, size: int) -> str:
+    """ "database truncated: N of M pages present" when the header promises more pages."""
+    if len(head) < 32:
+        return "database truncated: no complete header"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    if page < 512 or not pages or pages * page <= size:
+        return ""
+    return f"database truncated: {size // page} of {pages} pages present"
+
+
+def _open(path: Path, wal: Path | None) -> tuple[list[bytes], list[str]]:
     if wal is not None and wal.stat().st_size > 0:
         # SQLite finds the WAL by name beside the database: put both in a private folder.
         with tempfile.TemporaryDirectory(prefix="vmscan-rpmdb-") as tmp:
