@@ -42,10 +42,11 @@ SEVERITY_ORDER: dict[str, int] = {
 class DiskRef:
     """One disk of a VM: a host path and its format, detected by vmscan."""
 
-    path: str
+    path: str  # the real path opened (symlinks resolved)
     format: str
     virtual_size: int | None = None
     backing: tuple[str, ...] = ()
+    given: str = ""  # the name as given, when it differs from ``path`` (a symlink)
 
 
 @dataclass
