@@ -181,6 +181,9 @@ class ScanResult:
     finished_at: str = ""
     images: list[ImageResult] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)
+    #: True when SIGTERM/SIGINT stopped the run before every image was scanned.
+    interrupted: bool = False
+    interrupted_by: str | None = None  # "SIGTERM" | "SIGINT"
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -12,15 +12,18 @@ import logging
 import multiprocessing as mp
 import os
 import re
+import shutil
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
-from vmscan import SCHEMA_VERSION, __version__
+from vmscan import SCHEMA_VERSION, __version__, runctl
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
@@ -35,6 +38,7 @@ from vmscan.model import (
     ScanResult,
 )
 from vmscan.plugins import ScanContext
+from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
 
 log = logging.getLogger(__name__)
@@ -243,10 +247,13 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     """Scan one source (image or libvirt domain) in this process. Never raises."""
     t0 = time.monotonic()
     result = ImageResult(source=label, started_at=now_iso())
+    # Host-side vetting (qemu-img included) spends the same per-image budget.
+    budget = Budget(opts.timeout)
     try:
-        src = resolve_source(label, opts.disk_format, opts.allow_backing)
+        src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
         result.disks = list(src.disks)
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
+            _appliance_started(sess.g)
             _scan_session(sess, result, opts)
     except ImageError as e:
         result.status = ImageStatus.ERROR
@@ -421,6 +428,16 @@ def _scan_data_disks(
 
 _progress_conn: Connection | None = None
 _progress_last = 0.0
+_send_lock = threading.Lock()
+_sockwatch: runctl.SockdirWatch | None = None
+
+
+def _send(msg: Any) -> None:
+    """One message to the parent (progress, a socket folder, the result); thread-safe."""
+    if _progress_conn is None:
+        return
+    with _send_lock, contextlib.suppress(OSError):
+        _progress_conn.send(msg)
 
 
 def _file_progress(done: int) -> None:
@@ -430,36 +447,46 @@ def _file_progress(done: int) -> None:
     if _progress_conn is None or now - _progress_last < 0.5:
         return
     _progress_last = now
-    with contextlib.suppress(OSError):
-        _progress_conn.send(("files", done))
+    _send(("files", done))
+
+
+def _appliance_started(g: Any) -> None:
+    """Report the socket folder named on qemu's command line (if the watch missed it)."""
+    if _sockwatch is None:
+        return
+    with contextlib.suppress(RuntimeError, AttributeError):
+        _sockwatch.note(runctl.qemu_sockdirs(int(g.get_pid())))
 
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the parent dies (even by SIGKILL).
 
     The worker has its own process group, so a kill of the parent's group would
-    not reach it; libguestfs' recovery process then takes qemu down with it.
+    not reach it; the run's janitor then kills the worker's group, qemu included.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _worker(label: str, opts: ScanOptions, conn: Connection) -> None:
-    global _progress_conn
+def _worker(
+    label: str, opts: ScanOptions, conn: Connection, run: runctl.RunDir, wdir: Path
+) -> None:
+    global _progress_conn, _sockwatch
     # Own process group: the parent kills the whole group (qemu included) on timeout.
     os.setpgrp()
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    runctl.enter_worker(run, wdir)
     _progress_conn = conn
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    res = scan_image(label, opts)
+    _sockwatch = runctl.SockdirWatch(lambda d: _send(("sockdir", d))).start()
     try:
-        conn.send(res)
+        res = scan_image(label, opts)
+    finally:
+        _sockwatch.stop()
+    try:
+        _send(res)
     finally:
         conn.close()
 
@@ -471,6 +498,8 @@ class _Running:
     proc: mp.process.BaseProcess
     conn: Connection
     deadline: float
+    wdir: Path
+    sockdirs: set[str] = field(default_factory=set)
 
 
 def _kill_group(proc: mp.process.BaseProcess) -> None:
@@ -479,6 +508,41 @@ def _kill_group(proc: mp.process.BaseProcess) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.join(5)
+    # qemu and libguestfs' recovery process are in the group: wait until they are gone
+    # before their folders are removed.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+def _end_worker(r: _Running) -> None:
+    """Kill what is left of a worker's group and remove its folders."""
+    _kill_group(r.proc)
+    shutil.rmtree(r.wdir, ignore_errors=True)
+    for d in r.sockdirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _drain(r: _Running) -> ImageResult | None:
+    """A result already waiting in a worker's pipe (read without blocking), if any."""
+    for _ in range(1000):
+        try:
+            if not r.conn.poll(0):
+                return None
+            msg = r.conn.recv()
+        except (EOFError, OSError):
+            return None
+        if isinstance(msg, ImageResult):
+            return msg
+    return None
+
+
+def _not_finished(label: str, why: str) -> ImageResult:
+    return ImageResult(source=label, status=ImageStatus.ERROR, errors=[why])
 
 
 def scan_sources(
@@ -488,7 +552,24 @@ def scan_sources(
     progress: Callable[[ImageResult], None] | None = None,
     file_progress: Callable[[str, int], None] | None = None,
 ) -> ScanResult:
-    """Scan every source, ``opts.jobs`` at a time; results keep the order of *sources*."""
+    """Scan every source, ``opts.jobs`` at a time; results keep the order of *sources*.
+
+    On SIGTERM/SIGINT (inside :func:`vmscan.runctl.interruptible`) every worker and its
+    appliance is killed, their folders removed, and :class:`vmscan.runctl.Interrupted` is
+    raised with ``partial`` set: the finished images, the others marked not scanned.
+    """
+    with runctl.run_scope() as run:
+        return _scan_in_run(run, sources, opts, on_image_done, progress, file_progress)
+
+
+def _scan_in_run(
+    run: runctl.RunDir,
+    sources: list[str],
+    opts: ScanOptions,
+    on_image_done: Callable[[ImageResult], None] | None,
+    progress: Callable[[ImageResult], None] | None,
+    file_progress: Callable[[str, int], None] | None,
+) -> ScanResult:
     result = ScanResult(
         schema_version=SCHEMA_VERSION, vmscan_version=__version__, started_at=now_iso()
     )
@@ -509,11 +590,18 @@ def scan_sources(
         while pending or running:
             while pending and len(running) < jobs:
                 idx, label = pending.pop(0)
+                wdir = run.worker_dir(idx)
                 parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(label, opts, child), daemon=False)
+                proc = ctx.Process(
+                    target=_worker, args=(label, opts, child, run, wdir), daemon=False
+                )
                 proc.start()
                 child.close()
-                running.append(_Running(label, idx, proc, parent, time.monotonic() + opts.timeout))
+                assert proc.pid is not None
+                run.track_process(proc.pid)
+                running.append(
+                    _Running(label, idx, proc, parent, time.monotonic() + opts.timeout, wdir)
+                )
             timeout = max(0.1, min(r.deadline for r in running) - time.monotonic())
             ready = wait([r.conn for r in running], timeout=timeout)
             now = time.monotonic()
@@ -522,33 +610,56 @@ def scan_sources(
                 if r.conn in ready:
                     try:
                         msg = r.conn.recv()
-                        if isinstance(msg, tuple):  # ("files", n): progress, not the end
-                            if file_progress:
+                        if isinstance(msg, tuple):  # ("files", n) or ("sockdir", path)
+                            if msg[0] == "sockdir" and isinstance(msg[1], str):
+                                r.sockdirs.add(msg[1])
+                                run.track_dir(msg[1])
+                            elif msg[0] == "files" and file_progress:
                                 file_progress(r.label, int(msg[1]))
                             continue
                         res = msg
                     except (EOFError, OSError):
-                        res = ImageResult(
-                            source=r.label,
-                            status=ImageStatus.ERROR,
-                            errors=["the scan worker died (killed or crashed)"],
-                        )
+                        res = _not_finished(r.label, "the scan worker died (killed or crashed)")
                     r.proc.join(30)
-                    _kill_group(r.proc)  # stray qemu, if any
+                    _end_worker(r)  # stray qemu, if any, and the worker's folders
                 elif now >= r.deadline:
-                    _kill_group(r.proc)
-                    res = ImageResult(
-                        source=r.label,
-                        status=ImageStatus.ERROR,
-                        errors=[f"timed out after {opts.timeout:g} s (--timeout); scan abandoned"],
+                    _end_worker(r)
+                    res = _not_finished(
+                        r.label, f"timed out after {opts.timeout:g} s (--timeout); scan abandoned"
                     )
                 if res is not None:
                     r.conn.close()
                     running.remove(r)
                     finish(r.index, res)
+    except runctl.Interrupted as exc:
+        for r in running:
+            _end_worker(r)
+        for r in running:
+            res = _drain(r)
+            if res is not None:
+                with contextlib.suppress(Exception):
+                    finish(r.index, res)  # it had finished: its result was in the pipe
+        # A worker started in the instant the signal came may not be in ``running``.
+        for stray in ctx.active_children():
+            if stray.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(stray.pid, signal.SIGKILL)
+        running = [r for r in running if results[r.index] is None]
+        why = f"not scanned: vmscan was interrupted by {exc.signal_name} before it finished"
+        for r in running:
+            results[r.index] = _not_finished(r.label, why)
+        for idx, label in pending:
+            results[idx] = _not_finished(label, why)
+        running = []
+        result.images = [r for r in results if r is not None]
+        result.finished_at = now_iso()
+        result.interrupted = True
+        result.interrupted_by = exc.signal_name
+        exc.partial = result
+        raise
     finally:
         for r in running:
-            _kill_group(r.proc)
+            _end_worker(r)
     result.images = [r for r in results if r is not None]
     result.finished_at = now_iso()
     return result
