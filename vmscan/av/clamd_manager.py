@@ -337,12 +337,12 @@ class ManagedClamd:
             log.warning("clamd at %s does not answer: restarting it", self.address)
             proc = self._spawn()
             self._proc = proc
+            self.restarts += 1  # counted when started: a client may see it answer at once
             try:
                 self._wait_pong(proc, self.start_timeout)
             except ClamdUnavailable:
                 reap(proc)
                 raise
-            self.restarts += 1
 
     def stop(self) -> None:
         self._stopping.set()
