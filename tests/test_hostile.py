@@ -145,3 +145,19 @@ def test_refused_before_any_qemu_img_runs_on_a_loop(hostile: HostileSet, tmp_pat
     ran = log.read_text().splitlines() if log.exists() else []
     # Only qemu-img info of the two layers (it opens no backing file), never check.
     assert all(line.startswith("info ") for line in ran), ran
+
+
+def test_relative_source_names_still_resolve(hostile: HostileSet, tmp_path: Path) -> None:
+    """Workers keep the caller's working directory: a relative source is the caller's file."""
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [*vmscan_cmd("scan", "-q", "--checks", "none", "-o", str(out)), "proto-file.qcow2"],
+        cwd=hostile.images,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    (img,) = json.loads(out.read_text())["images"]
+    assert img["source"] == "proto-file.qcow2"
+    assert "protocol prefix 'file:'" in img["errors"][0]

@@ -255,8 +255,9 @@ def run_scope(parent: str | None = None) -> Iterator[RunDir]:
 def enter_worker(run: RunDir, wdir: Path) -> None:
     """In a forked worker: private TMPDIR (libguestfs and vmscan temp files), shared cache.
 
-    The working directory becomes the private folder too: qemu resolves some relative
-    names (qcow2 data files) against it, and there they can only find nothing.
+    The working directory is left alone: sources, ``--state-db`` and ``--policy`` may be
+    relative to it (qcow2 data-file names, which qemu resolves against it, must be
+    absolute: the vetting refuses relative ones).
     """
     global _current
     run.janitor.close_in_child()
@@ -267,7 +268,6 @@ def enter_worker(run: RunDir, wdir: Path) -> None:
         # libguestfs honours XDG_RUNTIME_DIR for its socket folder, except for root.
         os.environ["XDG_RUNTIME_DIR"] = str(wdir)
     tempfile.tempdir = str(wdir)
-    os.chdir(wdir)
 
 
 def own_sockdirs() -> set[str]:
