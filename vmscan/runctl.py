@@ -188,8 +188,8 @@ class RunDir:
     """The private folder of one run, its janitor, and what must be removed with it."""
 
     def __init__(self, parent: str | None = None) -> None:
-        base = parent or os.environ.get("TMPDIR") or "/tmp"
-        self.path = Path(tempfile.mkdtemp(prefix="vmscan-run-", dir=base))
+        # gettempdir() honours TMPDIR when it is usable and falls back otherwise.
+        self.path = Path(tempfile.mkdtemp(prefix="vmscan-run-", dir=parent or None))
         os.chmod(self.path, 0o700)
         self.janitor = _Janitor()
         self.janitor.tell("dir", str(self.path))

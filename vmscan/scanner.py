@@ -1,7 +1,8 @@
 """Scan orchestration: one worker process and one appliance per image, in parallel.
 
-Each image runs in its own process group so that a hung appliance (qemu is a child
-of the worker) can be killed on the per-image timeout without touching the others.
+Each image runs in a forked worker with its own process group (started and killed by
+:mod:`vmscan.pool`), its own ``TMPDIR`` in the run's folder (:mod:`vmscan.runctl`), and
+the image's whole time budget, host-side vetting included.
 """
 
 from __future__ import annotations
@@ -9,21 +10,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import multiprocessing as mp
 import os
 import re
-import shutil
 import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from vmscan import SCHEMA_VERSION, __version__, runctl
+from vmscan import SCHEMA_VERSION, __version__, pool, runctl
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
@@ -456,6 +455,8 @@ def _appliance_started(g: Any) -> None:
         return
     with contextlib.suppress(RuntimeError, AttributeError):
         _sockwatch.note(runctl.qemu_sockdirs(int(g.get_pid())))
+    # The folder exists by now and is known: no need to keep reading /proc for hours.
+    _sockwatch.stop()
 
 
 def _die_with_parent() -> None:
@@ -491,60 +492,6 @@ def _worker(
         conn.close()
 
 
-@dataclass
-class _Running:
-    label: str
-    index: int
-    proc: mp.process.BaseProcess
-    conn: Connection
-    deadline: float
-    wdir: Path
-    sockdirs: set[str] = field(default_factory=set)
-
-
-def _kill_group(proc: mp.process.BaseProcess) -> None:
-    if proc.pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.join(5)
-    # qemu and libguestfs' recovery process are in the group: wait until they are gone
-    # before their folders are removed.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except OSError:
-            return
-        time.sleep(0.05)
-
-
-def _end_worker(r: _Running) -> None:
-    """Kill what is left of a worker's group and remove its folders."""
-    _kill_group(r.proc)
-    shutil.rmtree(r.wdir, ignore_errors=True)
-    for d in r.sockdirs:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def _drain(r: _Running) -> ImageResult | None:
-    """A result already waiting in a worker's pipe (read without blocking), if any."""
-    for _ in range(1000):
-        try:
-            if not r.conn.poll(0):
-                return None
-            msg = r.conn.recv()
-        except (EOFError, OSError):
-            return None
-        if isinstance(msg, ImageResult):
-            return msg
-    return None
-
-
-def _not_finished(label: str, why: str) -> ImageResult:
-    return ImageResult(source=label, status=ImageStatus.ERROR, errors=[why])
-
-
 def scan_sources(
     sources: list[str],
     opts: ScanOptions,
@@ -558,108 +505,21 @@ def scan_sources(
     appliance is killed, their folders removed, and :class:`vmscan.runctl.Interrupted` is
     raised with ``partial`` set: the finished images, the others marked not scanned.
     """
-    with runctl.run_scope() as run:
-        return _scan_in_run(run, sources, opts, on_image_done, progress, file_progress)
-
-
-def _scan_in_run(
-    run: runctl.RunDir,
-    sources: list[str],
-    opts: ScanOptions,
-    on_image_done: Callable[[ImageResult], None] | None,
-    progress: Callable[[ImageResult], None] | None,
-    file_progress: Callable[[str, int], None] | None,
-) -> ScanResult:
     result = ScanResult(
         schema_version=SCHEMA_VERSION, vmscan_version=__version__, started_at=now_iso()
     )
-    results: list[ImageResult | None] = [None] * len(sources)
-    ctx = mp.get_context("fork")
-    pending = list(enumerate(sources))
-    running: list[_Running] = []
-    jobs = max(1, opts.jobs)
-
-    def finish(idx: int, res: ImageResult) -> None:
-        results[idx] = res
-        if on_image_done:
-            on_image_done(res)
-        if progress:
-            progress(res)
-
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                idx, label = pending.pop(0)
-                wdir = run.worker_dir(idx)
-                parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(
-                    target=_worker, args=(label, opts, child, run, wdir), daemon=False
-                )
-                proc.start()
-                child.close()
-                assert proc.pid is not None
-                run.track_process(proc.pid)
-                running.append(
-                    _Running(label, idx, proc, parent, time.monotonic() + opts.timeout, wdir)
-                )
-            timeout = max(0.1, min(r.deadline for r in running) - time.monotonic())
-            ready = wait([r.conn for r in running], timeout=timeout)
-            now = time.monotonic()
-            for r in list(running):
-                res: ImageResult | None = None
-                if r.conn in ready:
-                    try:
-                        msg = r.conn.recv()
-                        if isinstance(msg, tuple):  # ("files", n) or ("sockdir", path)
-                            if msg[0] == "sockdir" and isinstance(msg[1], str):
-                                r.sockdirs.add(msg[1])
-                                run.track_dir(msg[1])
-                            elif msg[0] == "files" and file_progress:
-                                file_progress(r.label, int(msg[1]))
-                            continue
-                        res = msg
-                    except (EOFError, OSError):
-                        res = _not_finished(r.label, "the scan worker died (killed or crashed)")
-                    r.proc.join(30)
-                    _end_worker(r)  # stray qemu, if any, and the worker's folders
-                elif now >= r.deadline:
-                    _end_worker(r)
-                    res = _not_finished(
-                        r.label, f"timed out after {opts.timeout:g} s (--timeout); scan abandoned"
-                    )
-                if res is not None:
-                    r.conn.close()
-                    running.remove(r)
-                    finish(r.index, res)
-    except runctl.Interrupted as exc:
-        for r in running:
-            _end_worker(r)
-        for r in running:
-            res = _drain(r)
-            if res is not None:
-                with contextlib.suppress(Exception):
-                    finish(r.index, res)  # it had finished: its result was in the pipe
-        # A worker started in the instant the signal came may not be in ``running``.
-        for stray in ctx.active_children():
-            if stray.pid is not None:
-                with contextlib.suppress(OSError):
-                    os.killpg(stray.pid, signal.SIGKILL)
-        running = [r for r in running if results[r.index] is None]
-        why = f"not scanned: vmscan was interrupted by {exc.signal_name} before it finished"
-        for r in running:
-            results[r.index] = _not_finished(r.label, why)
-        for idx, label in pending:
-            results[idx] = _not_finished(label, why)
-        running = []
-        result.images = [r for r in results if r is not None]
-        result.finished_at = now_iso()
-        result.interrupted = True
-        result.interrupted_by = exc.signal_name
-        exc.partial = result
-        raise
-    finally:
-        for r in running:
-            _end_worker(r)
-    result.images = [r for r in results if r is not None]
-    result.finished_at = now_iso()
+    with runctl.run_scope() as run:
+        pool.run_images(
+            run,
+            result,
+            sources,
+            worker=_worker,
+            worker_args=(opts,),
+            jobs=max(1, opts.jobs),
+            timeout=opts.timeout,
+            clock=now_iso,
+            on_image_done=on_image_done,
+            progress=progress,
+            file_progress=file_progress,
+        )
     return result
