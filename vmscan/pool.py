@@ -125,8 +125,8 @@ def run_images(
                 assert proc.pid is not None
                 run.track_process(proc.pid)
                 running.append(_Running(label, idx, proc, parent, time.monotonic() + timeout, wdir))
-            timeout = max(0.1, min(r.deadline for r in running) - time.monotonic())
-            ready = wait([r.conn for r in running], timeout=timeout)
+            wait_s = max(0.1, min(r.deadline for r in running) - time.monotonic())
+            ready = wait([r.conn for r in running], timeout=wait_s)
             now = time.monotonic()
             for r in list(running):
                 res: ImageResult | None = None
