@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from vmscan.av.clamd_client import ClamdClient, ClamdUnavailable, Verdict
-from vmscan.av.clamd_manager import ClamdLimits, ManagedClamd, managed_info
+from vmscan.av.clamd_manager import ClamdLimits, ManagedClamd, clamd_threads
 from vmscan.av.signatures import DEFAULT_SIG_DIR, TEST_MARKER
 from vmscan.checks.antivirus import AntivirusCheck
 from vmscan.guestfs_view import GuestFS, HostDirFS
@@ -47,6 +47,11 @@ def zipped(name: str, data: bytes) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr(name, data)
     return buf.getvalue()
+
+
+def managed(clamd: ManagedClamd) -> dict[str, Any]:
+    """Options naming vmscan's own clamd: its address and its descriptor, in memory."""
+    return {"clamd": clamd.address, "clamd_descriptor": clamd.descriptor}
 
 
 def pid_of(clamd: ManagedClamd) -> int:
@@ -174,9 +179,21 @@ def test_managed_clamd_is_private(clamd: ManagedClamd) -> None:
         "vmscan.ldb",
         "vmscan.ndb",
     ]
-    info = managed_info(clamd.address)
-    assert info is not None and info["database_digest"] == clamd.database_digest
+    desc = clamd.descriptor
+    assert desc.address == clamd.address and desc.database_digest == clamd.database_digest
+    assert desc.limits == LIMITS and desc.owner_pid == os.getpid()
+    # Nothing on disk describes this clamd for others to trust (issue 11: no marker file).
+    assert not list(clamd.runtime_dir.glob("*.json"))
     assert ClamdClient(clamd.address).ping()
+
+
+def test_max_threads_from_jobs_and_streams(tmp_path: Path) -> None:
+    assert clamd_threads(jobs=2, streams=4, cores=16) == 8
+    assert clamd_threads(jobs=8, streams=4, cores=2) == 2
+    assert clamd_threads(jobs=1, streams=1, cores=8) == 2  # a PING never waits behind a stream
+    with ManagedClamd(system_db_dir=None, limits=LIMITS, threads=3) as c:
+        assert c.runtime_dir is not None
+        assert "MaxThreads 3" in (c.runtime_dir / "clamd.conf").read_text().splitlines()
 
 
 @pytest.mark.parametrize(
@@ -225,19 +242,90 @@ def test_clamd_that_will_not_start(tmp_path: Path) -> None:
     assert m.runtime_dir is None  # cleaned up
 
 
-def test_restart_after_kill() -> None:
+def _wait_for(cond: Any, seconds: float = 60.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_owner_restarts_clamd_after_kill() -> None:
     with ManagedClamd(system_db_dir=None, limits=LIMITS) as c:
         first = pid_of(c)
         os.kill(first, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(first, 0)
-        assert not ClamdClient(c.address, connect_timeout=1).ping()
+        # The owner's supervisor notices and starts a new clamd at the same address.
+        assert _wait_for(lambda: c.restarts == 1 and ClamdClient(c.address).ping())
+        assert c.pid != first
+        second = pid_of(c)
+        c.restart()  # clamd answers: an explicit restart changes nothing
+        assert pid_of(c) == second
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)
+
+
+def test_restart_after_kill_unsupervised() -> None:
+    with ManagedClamd(system_db_dir=None, limits=LIMITS, supervise=False) as c:
+        first = pid_of(c)
+        os.kill(first, signal.SIGKILL)
+        assert _wait_for(lambda: not ClamdClient(c.address, connect_timeout=1).ping())
+        assert c.descriptor.restart_wait == 0  # no supervisor: clients do not wait for one
         c.restart()
         assert ClamdClient(c.address).ping()
         assert pid_of(c) != first
         second = pid_of(c)
     with pytest.raises(ProcessLookupError):
         os.kill(second, 0)
+
+
+_OWNER_SCRIPT = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from vmscan.av.clamd_manager import ManagedClamd, ClamdLimits
+c = ManagedClamd(system_db_dir=None, limits=ClamdLimits(stream_max_length=3 << 20))
+c.start()
+print(c.pid, c.runtime_dir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_clamd_dies_with_its_owner_on_sigkill() -> None:
+    """PR_SET_PDEATHSIG: a SIGKILLed owner (no cleanup code runs) takes clamd with it."""
+    import sys
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER_SCRIPT.format(repo=repo)], stdout=subprocess.PIPE
+    )
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline().decode()
+        pid = int(line.split()[0])
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"/usr/sbin/clamd") or (
+            b"clamd" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+        owner.kill()
+        owner.wait(10)
+
+        def gone() -> bool:
+            try:
+                return b"clamd" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return True
+
+        assert _wait_for(gone, 10), "clamd outlived its SIGKILLed owner"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    # Its folder is left (no code of the owner ran): the run's janitor removes it in a
+    # real run (tests/test_hostile_kill.py); remove it here.
+    import shutil
+
+    shutil.rmtree(line.split()[1], ignore_errors=True)
 
 
 def test_check_without_clamd_raises() -> None:
@@ -262,7 +350,7 @@ def test_check_over_host_tree(
 ) -> None:
     root, roles = tree
     manifest = manifest_of(root)
-    opts = {"clamd": clamd.address, "state_db": str(tmp_path / "state.db")}
+    opts = {**managed(clamd), "state_db": str(tmp_path / "state.db")}
     findings, sec, ctx = run_check(HostDirFS(root), manifest, opts)
     found = {f.target: f for f in findings}
     for role in (b"eicar-hash", b"eicar-body", b"eicar-zip", b"eicar-nonutf8", b"eicar-deep"):
@@ -317,7 +405,7 @@ def test_scope_executables(
 ) -> None:
     root, _roles = tree
     manifest = manifest_of(root)
-    opts = {"clamd": clamd.address, "state_db": str(tmp_path / "s.db"), "av_scope": "executables"}
+    opts = {**managed(clamd), "state_db": str(tmp_path / "s.db"), "av_scope": "executables"}
     findings, sec, _ = run_check(HostDirFS(root), manifest, opts)
     targets = {f.target for f in findings}
     # Hash hits need no content: always reported. A marker in a shell script is in scope;
@@ -378,7 +466,11 @@ def test_clamd_killed_mid_scan_managed(tmp_path: Path) -> None:
     manifest = manifest_of(root)
     with ManagedClamd(system_db_dir=None, limits=LIMITS) as c:
         fs = KillingFS(root, pid_of(c), after=60)
-        opts = {"clamd": c.address, "state_db": str(tmp_path / "s.db")}
+        opts = {
+            "clamd": c.address,
+            "clamd_descriptor": c.descriptor,
+            "state_db": str(tmp_path / "s.db"),
+        }
         findings, sec, _ = run_check(fs, manifest, opts)
         assert sec["clamd"]["restarts"] >= 1
         assert ClamdClient(c.address).ping()
@@ -390,7 +482,7 @@ def test_clamd_killed_mid_scan_external(tmp_path: Path) -> None:
     root = tmp_path / "g"
     eicar = _many_files(root, 100)
     manifest = manifest_of(root)
-    with ManagedClamd(system_db_dir=None, limits=LIMITS) as c:
+    with ManagedClamd(system_db_dir=None, limits=LIMITS, supervise=False) as c:
         # Reached through a link elsewhere, clamd is "external": vmscan may not restart it.
         ext = tmp_path / "ext"
         ext.mkdir()
@@ -482,7 +574,7 @@ def test_guest_ext4(
 
     g, _tree, devs = guest
     manifest = _mounted(g, devs[0])
-    opts = {"clamd": clamd.address, "state_db": str(tmp_path / "s.db")}
+    opts = {**managed(clamd), "state_db": str(tmp_path / "s.db")}
     findings, sec, ctx = run_check(LibguestfsFS(g), manifest, opts, handle=g, device=devs[0])
     found = {f.target: f for f in findings}
     assert set(found) == {
@@ -524,7 +616,7 @@ def test_guest_ntfs(clamd: ManagedClamd, guest: tuple[Any, Path, list[str]]) -> 
     g, _tree, devs = guest
     manifest = _mounted(g, devs[1])
     findings, sec, _ = run_check(
-        LibguestfsFS(g), manifest, {"clamd": clamd.address}, handle=g, device=devs[1]
+        LibguestfsFS(g), manifest, managed(clamd), handle=g, device=devs[1]
     )
     assert [(f.target, f.rule_id) for f in findings] == [("/Report 2024.pdf", "Vmscan.Test.EICAR")]
     assert sec["status"] == "complete"
@@ -538,36 +630,72 @@ def test_large_members_are_streamed_while_read(
 
     root, _roles = tree
     manifest = manifest_of(root)
-    ref, ref_sec, _ = run_check(HostDirFS(root), manifest, {"clamd": clamd.address})
+    ref, ref_sec, _ = run_check(HostDirFS(root), manifest, managed(clamd))
     monkeypatch.setattr(engine, "BUFFER_MAX", 64)
-    got, sec, _ = run_check(HostDirFS(root), manifest, {"clamd": clamd.address})
+    got, sec, _ = run_check(HostDirFS(root), manifest, managed(clamd))
     assert [(f.target, f.rule_id) for f in got] == [(f.target, f.rule_id) for f in ref]
     assert sec["not_scanned"] == ref_sec["not_scanned"]
     assert sec["bytes_streamed"] == ref_sec["bytes_streamed"]
 
 
-def _kill_and_restart(address: str, pid: int) -> bool:
-    from vmscan.av.clamd_manager import restart_managed
+def _kill_and_wait(desc: Any, pid: int) -> bool:
+    """In a worker process: clamd dies; the worker only waits for the owner to restart it."""
+    from vmscan.av.engine import ClamdLink
 
     os.kill(pid, signal.SIGKILL)
-    return restart_managed(address)
+    link = ClamdLink(
+        ClamdClient(desc.address, connect_timeout=1), managed=True, restart_wait=desc.restart_wait
+    )
+    return link.recover() and link.restarts == 1
 
 
-def test_worker_process_restarts_and_owner_stops() -> None:
+def test_worker_waits_and_owner_restarts_and_stops() -> None:
     import multiprocessing
 
     with ManagedClamd(system_db_dir=None, limits=LIMITS) as c:
         first = pid_of(c)
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            assert pool.apply(_kill_and_restart, (c.address, first))
+            assert pool.apply(_kill_and_wait, (c.descriptor, first))
         assert ClamdClient(c.address).ping()
         second = pid_of(c)
-        assert second != first
-    # The owner stopped the clamd a worker started.
+        assert second != first and c.restarts == 1
+    # The owner stopped the clamd it restarted.
     assert (
         not Path(f"/proc/{second}/cmdline").exists()
         or not Path(f"/proc/{second}/cmdline").read_bytes()
     )
+
+
+def test_marker_beside_external_socket_is_never_executed(tmp_path: Path) -> None:
+    """A vmscan-clamd.json beside a --clamd socket naming a 'binary' is ignored (issue 11)."""
+    root = tmp_path / "g"
+    eicar = _many_files(root, 30)
+    manifest = manifest_of(root)
+    pwned = tmp_path / "pwned"
+    evil = tmp_path / "evil.sh"
+    evil.write_text(f"#!/bin/sh\ntouch {pwned}\n")
+    evil.chmod(0o755)
+    with ManagedClamd(system_db_dir=None, limits=LIMITS, supervise=False) as c:
+        assert c.runtime_dir is not None
+        ext = tmp_path / "ext"
+        ext.mkdir()
+        os.symlink(c.runtime_dir / "clamd.sock", ext / "clamd.sock")
+        address = f"unix:{ext}/clamd.sock"
+        marker = {
+            "address": address,
+            "binary": str(evil),
+            "runtime_dir": str(ext),
+            "config": str(c.runtime_dir / "clamd.conf"),
+            "database_digest": "x",
+            "limits": {},
+        }
+        (ext / "vmscan-clamd.json").write_text(__import__("json").dumps(marker))
+        fs = KillingFS(root, pid_of(c), after=10)
+        findings, sec, _ = run_check(fs, manifest, {"clamd": address})
+    assert sec["clamd"]["mode"] == "external" and sec["clamd"]["restarts"] == 0
+    assert sec["status"] == "incomplete"
+    _never_clean_unless_scanned(findings, sec, eicar)
+    assert not pwned.exists(), "a binary named in a file beside the socket was executed"
 
 
 @pytest.mark.guest
@@ -584,9 +712,10 @@ def test_guest_clamd_killed_mid_scan(
 
     g, _tree, devs = guest
     manifest = _mounted(g, devs[0])
-    with ManagedClamd(system_db_dir=None, limits=LIMITS) as c:
+    with ManagedClamd(system_db_dir=None, limits=LIMITS, supervise=mode == "managed") as c:
         assert c.runtime_dir is not None
         address = c.address
+        options: dict[str, Any] = {"av_streams": 1, "clamd_descriptor": c.descriptor}
         if mode == "external":
             (tmp_path / "ext").mkdir()
             os.symlink(c.runtime_dir / "clamd.sock", tmp_path / "ext" / "clamd.sock")
@@ -605,7 +734,7 @@ def test_guest_clamd_killed_mid_scan(
 
         monkeypatch.setattr(ClamdClient, "open_stream", open_stream)
         findings, sec, _ = run_check(
-            LibguestfsFS(g), manifest, {"clamd": address, "av_streams": 1}, handle=g
+            LibguestfsFS(g), manifest, {**options, "clamd": address}, handle=g
         )
     assert sec["status"] == "incomplete" and "clamd_died" in sec["incomplete_reasons"]
     found = {f.target for f in findings}

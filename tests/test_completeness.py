@@ -381,7 +381,14 @@ def test_managed_clamd_killed_mid_scan_leaves_the_image_partial(tmp_path: Path) 
         pytest.skip(f"clamd unavailable: {e}")
     try:
         fs = KillingFS(tree, pid_of(clamd), after=50)
-        img = scan_tree(tree, DEBIAN, ("antivirus",), fs=fs, clamd=clamd.address)
+        img = scan_tree(
+            tree,
+            DEBIAN,
+            ("antivirus",),
+            fs=fs,
+            clamd=clamd.address,
+            clamd_descriptor=clamd.descriptor,
+        )
     finally:
         clamd.__exit__(None, None, None)
     sec = img.sections["antivirus"]

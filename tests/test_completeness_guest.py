@@ -130,11 +130,25 @@ def test_terminal_line_and_html_banner_per_image(dead_run: dict[str, Any]) -> No
 # ---- the nightly with its own clamd killed mid-scan ----------------------------------------
 
 
+def _clamd_pid(address: str) -> int:
+    """The managed clamd serving *address*: the one whose --config-file lies beside it."""
+    conf = str(Path(address.removeprefix("unix:")).parent / "clamd.conf")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if conf.encode() in argv and any(a.endswith(b"clamd") for a in argv[:1]):
+            return int(proc.name)
+    raise AssertionError(f"no clamd running with {conf}")
+
+
 def _kill_on_third_stream(monkeypatch: pytest.MonkeyPatch, flag: Path) -> None:
     """The scan workers are forked: a patch made here is theirs too. The real clamd is
     SIGKILLed once, when the third file is about to be streamed to it."""
     from vmscan.av.clamd_client import ClamdClient
-    from vmscan.av.clamd_manager import managed_info
 
     real_open = ClamdClient.open_stream
     calls = {"n": 0}
@@ -144,10 +158,7 @@ def _kill_on_third_stream(monkeypatch: pytest.MonkeyPatch, flag: Path) -> None:
         if calls["n"] == 3:
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                info = managed_info(self.address)
-                assert info is not None
-                pid = int((Path(info["runtime_dir"]) / "clamd.pid").read_text())
-                os.kill(pid, signal.SIGKILL)
+                os.kill(_clamd_pid(self.address), signal.SIGKILL)
         return real_open(self)
 
     monkeypatch.setattr(ClamdClient, "open_stream", open_stream)
@@ -160,10 +171,12 @@ def test_nightly_with_clamd_killed_mid_scan_retries(
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
-    os.symlink(fixtures.build("debian-lvm"), imgs / "debian-lvm.qcow2")
+    debian = fixtures.build("debian-lvm")
+    os.symlink(debian, imgs / "debian-lvm.qcow2")
     cfg_path = tmp_path / "vmscan.toml"
     cfg_path.write_text(
         f'fail_on = "none"\n[images]\npaths = ["{imgs}/*.qcow2"]\n'
+        f'symlink_targets = ["{debian.parent}"]\n'
         '[scan]\nchecks = ["antivirus"]\nmanifest = false\n'
         f'[state]\ndatabase = "{tmp_path}/state.db"\n'
         f'[reports]\ndir = "{tmp_path}/reports"\nformats = ["json", "html", "sarif"]\n'

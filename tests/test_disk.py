@@ -148,3 +148,113 @@ def test_domain_xml_hostile(tmp_path: Path) -> None:
     notdom.write_text("<network/>")
     with pytest.raises(ImageError, match="domain"):
         parse_domain_xml(notdom)
+
+
+# ---- host-side header parsing (vmscan/source) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "fmt"),
+    [
+        (b"QFI\xfb\x00\x00\x00\x01", "qcow"),
+        (b"QFI\xfb\x00\x00\x00\x03", "qcow2"),
+        (b"QED\x00", "qed"),
+        (b"LUKS\xba\xbe\x00\x01", "luks"),
+        (b"\0" * 0x40 + bytes.fromhex("7f10dabe"), "vdi"),
+        (b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0", "cloop"),
+        (b"WithoutFreeSpace", "parallels"),
+        (b"Bochs Virtual HD Image", "bochs"),
+        (b"KDMV", "vmdk"),
+        (b"vhdxfile", "vhdx"),
+        (b"conectix", "vpc"),
+        (b"\0" * 512, "raw"),
+    ],
+)
+def test_detect_formats(head: bytes, fmt: str) -> None:
+    from vmscan.source.headers import detect
+
+    assert detect(head, b"") == fmt
+
+
+def test_dmg_is_recognised_by_its_trailer() -> None:
+    from vmscan.source.headers import detect
+
+    assert detect(b"\0" * 512, b"koly" + b"\0" * 508) == "dmg"
+
+
+def test_unsupported_format_is_refused_by_name(tmp_path: Path) -> None:
+    vdi = tmp_path / "disk.vdi"
+    qemu_img("create", "-f", "vdi", str(vdi), "8M")
+    with pytest.raises(ImageError, match="VirtualBox VDI image: vmscan does not open"):
+        check_disk(vdi)
+
+
+def test_encrypted_qcow2_refused(tmp_path: Path) -> None:
+    img = tmp_path / "enc.qcow2"
+    qemu_img("create", "-f", "qcow2", str(img), "8M")
+    data = bytearray(img.read_bytes())
+    data[32:36] = (2).to_bytes(4, "big")  # crypt_method: LUKS
+    img.write_bytes(bytes(data))
+    with pytest.raises(UnsafeImageError, match="encrypted qcow2"):
+        check_disk(img)
+
+
+def test_vhdx_differencing_refused(tmp_path: Path) -> None:
+    """A VHDX whose file parameters say HasParent is refused before qemu sees it."""
+    import struct
+
+    from vmscan.source import headers
+
+    img = tmp_path / "diff.vhdx"
+    qemu_img("create", "-f", "vhdx", str(img), "8M")
+    data = bytearray(img.read_bytes())
+    table = data[192 * 1024 : 256 * 1024]
+    meta_off = 0
+    for i in range(struct.unpack("<I", table[8:12])[0]):
+        e = table[16 + 32 * i : 48 + 32 * i]
+        if headers._guid(e[:16]) == headers._VHDX_METADATA_REGION:
+            meta_off = struct.unpack("<Q", e[16:24])[0]
+    meta = data[meta_off : meta_off + 65536]
+    for i in range(struct.unpack("<H", meta[10:12])[0]):
+        e = meta[32 + 32 * i : 64 + 32 * i]
+        if headers._guid(e[:16]) == headers._VHDX_FILE_PARAMETERS:
+            at = meta_off + struct.unpack("<I", e[16:20])[0] + 4
+            data[at] |= headers._VHDX_HAS_PARENT
+    img.write_bytes(bytes(data))
+    with pytest.raises(UnsafeImageError, match="VHDX differencing disk"):
+        check_disk(img)
+
+
+def test_vmdk_parent_inside_folder_is_followed(tmp_path: Path) -> None:
+    base = tmp_path / "base.vmdk"
+    qemu_img("create", "-f", "vmdk", str(base), "8M")
+    snap = tmp_path / "snap.vmdk"
+    qemu_img("create", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", str(snap))
+    ref = check_disk(snap)
+    assert ref.backing == (str(base),)
+
+
+def test_split_vmdk_and_absolute_data_file_inside(tmp_path: Path) -> None:
+    split = tmp_path / "split.vmdk"
+    qemu_img("create", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", str(split), "5G")
+    assert check_disk(split).virtual_size == 5 << 30
+    df = tmp_path / "df.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'd.raw'}", str(df), "8M")
+    assert check_disk(df).format == "qcow2"
+    # The data file is outside once its folder is not the image's: --allow-backing allows it.
+    other = tmp_path / "other"
+    other.mkdir()
+    (tmp_path / "df.qcow2").rename(other / "df.qcow2")
+    with pytest.raises(UnsafeImageError, match="external data file"):
+        check_disk(other / "df.qcow2")
+    assert check_disk(other / "df.qcow2", allow_backing=(str(tmp_path),)).format == "qcow2"
+
+
+def test_symlinked_source_is_resolved(tmp_path: Path) -> None:
+    real = tmp_path / "real" / "disk.qcow2"
+    real.parent.mkdir()
+    qemu_img("create", "-f", "qcow2", str(real), "8M")
+    link = tmp_path / "link.qcow2"
+    link.symlink_to(real)
+    ref = check_disk(link)
+    assert ref.path == str(real) and ref.given == str(link)

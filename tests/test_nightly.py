@@ -408,7 +408,7 @@ sys.exit(main(["nightly", "--config", {cfg!r}, "--metrics", {metrics!r}]))
 """
 
 
-def test_sigterm_marks_run_interrupted_and_exits_130(tmp_path: Path) -> None:
+def test_sigterm_marks_run_interrupted_and_exits_143(tmp_path: Path) -> None:
     cfg = _fleet(tmp_path)
     ready = tmp_path / "ready"
     metrics = tmp_path / "vmscan.prom"
@@ -423,7 +423,7 @@ def test_sigterm_marks_run_interrupted_and_exits_130(tmp_path: Path) -> None:
     assert ready.exists(), proc.stderr.read() if proc.stderr else ""
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err  # 128 + SIGTERM
     assert b"marked interrupted" in err
     with StateDB(cfg.state_db) as db:
         assert db.recovered == []  # the process marked it itself

@@ -56,12 +56,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     imgs.mkdir()
     # The Debian guest is shared read-only from the fixture cache; the data disk is a
     # copy because the test changes it.
-    os.symlink(fixtures.build("debian-lvm"), imgs / "debian-lvm.qcow2")
+    debian = fixtures.build("debian-lvm")
+    os.symlink(debian, imgs / "debian-lvm.qcow2")
     shutil.copyfile(fixtures.build("data-disk"), imgs / "data-disk.qcow2")
+    # Discovery follows a symlink only into the configured paths or symlink_targets.
     (tmp / "vmscan.toml").write_text(
         f"""fail_on = "critical"
 [images]
 paths = ["{imgs}/*.qcow2"]
+symlink_targets = ["{debian.parent}"]
 [scan]
 checks = ["patch", "license", "migration"]
 manifest = true

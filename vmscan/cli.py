@@ -2,7 +2,9 @@
 
 Exit codes (one definition, :func:`vmscan.completeness.exit_code`): 0 nothing at or above
 ``--fail-on``; 1 findings at or above it; 2 at least one image could not be scanned, or a
-selected check did not complete on one (the others still are); 3 usage error.
+selected check did not complete on one (the others still are); 3 usage error; 128 + the
+signal number (130 SIGINT, 143 SIGTERM) when the run was interrupted (the report is
+still written, marked ``interrupted``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from vmscan import __version__
+from vmscan import SCHEMA_VERSION, __version__, runctl
 from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
-from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, scan_sources
+from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, now_iso, scan_sources
 
 log = logging.getLogger("vmscan")
 
@@ -327,55 +329,113 @@ def cmd_scan(args: argparse.Namespace) -> int:
             )
         fb.update(done - fb.n)
 
-    with _managed_services(opts):
-        result = scan_sources(
-            list(args.sources), opts, progress=progress, file_progress=file_progress
+    interrupted: runctl.Interrupted | None = None
+    try:
+        with runctl.interruptible(), runctl.run_scope(), _managed_services(opts):
+            result = scan_sources(
+                list(args.sources), opts, progress=progress, file_progress=file_progress
+            )
+    except runctl.Interrupted as exc:
+        # Workers, appliances and clamd are stopped and the temp folders removed by now.
+        interrupted = exc
+        result = (
+            exc.partial
+            if isinstance(exc.partial, ScanResult)
+            else _nothing_scanned(list(args.sources), exc.signal_name)
         )
+        log.error("interrupted by %s: writing the report of what finished", exc.signal_name)
     for fb in file_bars.values():
         fb.close()
     if bar is not None:
         bar.close()
-    data = finalize_report(result)
-    if args.format == "csv":
-        from vmscan.report.csv_out import write_csv
+    # The run is over: a signal now must not cut the report in half.
+    with _signals_ignored():
+        data = finalize_report(result)
+        if args.format == "csv":
+            from vmscan.report.csv_out import write_csv
 
-        for path in write_csv(data, Path(args.output)):
-            log.info("wrote %s", path)
-    else:
-        with atomic_output(args.output) as out:
-            write_report(data, args.format, out)
+            for path in write_csv(data, Path(args.output)):
+                log.info("wrote %s", path)
+        else:
+            with atomic_output(args.output) as out:
+                write_report(data, args.format, out)
     for img in result.images:
         if img.status == ImageStatus.ERROR:
             log.error("%s: %s", img.source, "; ".join(img.errors) or "error")
     summarize_incomplete(data, sys.stderr)
+    if interrupted is not None:
+        return interrupted.exit_code
     return exit_code(data, args.fail_on)
+
+
+def _nothing_scanned(sources: list[str], signal_name: str) -> ScanResult:
+    """The report of a run interrupted before any image was scanned."""
+    why = f"not scanned: vmscan was interrupted by {signal_name} before it finished"
+    images = [ImageResult(source=s, status=ImageStatus.ERROR, errors=[why]) for s in sources]
+    return ScanResult(
+        schema_version=SCHEMA_VERSION,
+        vmscan_version=__version__,
+        started_at=now_iso(),
+        finished_at=now_iso(),
+        images=images,
+        interrupted=True,
+        interrupted_by=signal_name,
+    )
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    import signal
+
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 @contextlib.contextmanager
 def _managed_services(opts: ScanOptions) -> Iterator[None]:
-    """Start vmscan's own clamd once per run when the antivirus check needs one."""
+    """Start vmscan's own clamd once per run when the antivirus check needs one.
+
+    Its descriptor goes to the workers in memory (``plugin_options["clamd_descriptor"]``);
+    it lives in the run's folder and the run's janitor kills it if vmscan is killed.
+    """
     if "antivirus" not in opts.checks or opts.plugin_options.get("clamd"):
         yield
         return
     try:
-        from vmscan.av.clamd_manager import ManagedClamd
+        from vmscan.av.clamd_manager import ManagedClamd, clamd_threads
     except ImportError:
         yield
         return
-    try:
-        clamd = ManagedClamd(signatures_dir() / "clamav")
-        ctx = clamd.__enter__()
-    except VmscanError as e:
-        # The antivirus check reports it; the other checks still run.
-        opts.plugin_options["clamd_error"] = str(e)
-        log.error("antivirus: %s", e)
-        yield
-        return
-    try:
-        opts.plugin_options["clamd"] = ctx.address
-        yield
-    finally:
-        clamd.__exit__(None, None, None)
+    with runctl.run_scope() as run:
+        streams = int(opts.plugin_options.get("av_streams") or 4)
+        clamd = ManagedClamd(
+            signatures_dir() / "clamav",
+            threads=clamd_threads(opts.jobs, streams),
+            runtime_parent=run.path,
+        )
+        clamd.on_spawn.append(run.track_process)
+        try:
+            clamd.start()
+        except VmscanError as e:
+            # The antivirus check reports it; the other checks still run.
+            opts.plugin_options["clamd_error"] = str(e)
+            log.error("antivirus: %s", e)
+            yield
+            return
+        try:
+            if clamd.runtime_dir is not None and run.path not in clamd.runtime_dir.parents:
+                run.track_dir(str(clamd.runtime_dir))
+            opts.plugin_options["clamd"] = clamd.address
+            opts.plugin_options["clamd_descriptor"] = clamd.descriptor
+            yield
+        finally:
+            clamd.stop()
+            opts.plugin_options.pop("clamd", None)
+            opts.plugin_options.pop("clamd_descriptor", None)
 
 
 def _prepare_advisories(options: dict[str, Any]) -> None:
@@ -526,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     except VmscanError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_IMAGE_ERROR
+    except runctl.Interrupted as e:
+        print(f"interrupted by {e.signal_name}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

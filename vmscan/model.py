@@ -42,10 +42,11 @@ SEVERITY_ORDER: dict[str, int] = {
 class DiskRef:
     """One disk of a VM: a host path and its format, detected by vmscan."""
 
-    path: str
+    path: str  # the real path opened (symlinks resolved)
     format: str
     virtual_size: int | None = None
     backing: tuple[str, ...] = ()
+    given: str = ""  # the name as given, when it differs from ``path`` (a symlink)
 
 
 @dataclass
@@ -180,6 +181,9 @@ class ScanResult:
     finished_at: str = ""
     images: list[ImageResult] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)
+    #: True when SIGTERM/SIGINT stopped the run before every image was scanned.
+    interrupted: bool = False
+    interrupted_by: str | None = None  # "SIGTERM" | "SIGINT"
 
 
 def to_jsonable(obj: Any) -> Any:

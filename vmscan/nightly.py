@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import time
 import tomllib
 from collections import Counter
@@ -83,6 +82,8 @@ class NightlyConfig:
     exclude: tuple[str, ...] = ()
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     recursive: bool = False
+    #: Folders (besides the configured paths) where a symlinked image may point.
+    symlink_targets: tuple[str, ...] = ()
     checks: tuple[str, ...] = ALL_CHECKS
     manifest: bool = True
     disk_format: str | None = None
@@ -130,6 +131,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "exclude": _Key("list[str]", "exclude"),
         "extensions": _Key("list[str]", "extensions"),
         "recursive": _Key("bool", "recursive"),
+        "symlink_targets": _Key("list[str]", "symlink_targets", path=True),
     },
     "scan": {
         "checks": _Key("list[str]", "checks", ALL_CHECKS),
@@ -384,11 +386,46 @@ def _folder_images(folder: str, cfg: NightlyConfig) -> list[str]:
     else:
         with contextlib.suppress(OSError):
             found = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+    # Not only regular files: a FIFO or socket named like an image is reported, not skipped.
     return [
         p
         for p in found
-        if os.path.isfile(p) and (Path(p).suffix.lower() in exts or Path(p).suffix == ".xml")
+        if not os.path.isdir(p) and (Path(p).suffix.lower() in exts or Path(p).suffix == ".xml")
     ]
+
+
+def _configured_roots(cfg: NightlyConfig) -> list[str]:
+    """Folders the config names (resolved): where a symlink found by discovery may point."""
+    roots: list[str] = []
+    for item in cfg.image_paths:
+        glob_at = min((item.index(c) for c in "*?[" if c in item), default=-1)
+        base = os.path.dirname(item[:glob_at]) if glob_at >= 0 else item
+        if glob_at < 0 and not os.path.isdir(item):
+            base = os.path.dirname(item)
+        roots.append(os.path.realpath(base or "."))
+    roots.extend(os.path.realpath(d) for d in (*cfg.libvirt_xml_dirs, *cfg.symlink_targets))
+    return roots
+
+
+def _source_problem(path: str, roots: list[str]) -> str:
+    """Why a discovered image cannot be used ('' when it can): kind and symlink target."""
+    from vmscan.source.kinds import check_source_path
+
+    if not os.path.lexists(path):
+        return "image not found"
+    try:
+        src = check_source_path(path)
+    except VmscanError as exc:
+        return str(exc)
+    real = src.real
+    if real != os.path.abspath(path) and not any(
+        real == r or real.startswith(r.rstrip("/") + "/") for r in roots
+    ):
+        return (
+            f"a symlink to {real}, outside the configured paths: not followed (add its "
+            f"folder to [images] symlink_targets to allow it)"
+        )
+    return ""
 
 
 def discover(cfg: NightlyConfig) -> Discovery:
@@ -432,12 +469,13 @@ def discover(cfg: NightlyConfig) -> Discovery:
             continue
         sources.append(Source(path, "domain", disks))
     owned = {os.path.realpath(d) for s in sources for d in s.disks}
+    roots = _configured_roots(cfg)
     for path in candidates:
         if path.endswith(".xml") or _excluded(path, cfg.exclude):
             continue
         if os.path.realpath(path) in owned:
             continue  # scanned as part of its libvirt domain
-        err = "" if os.path.exists(path) else "image not found"
+        err = _source_problem(path, roots)
         sources.append(Source(path, "image", (path,), error=err))
     seen: set[str] = set()
     for src in sources:
@@ -461,18 +499,18 @@ def _qemu_info_digest(path: str) -> tuple[str, dict[str, Any]]:
         fmt = sniff_format(Path(path))
     except VmscanError as exc:
         return "error:" + str(exc), {}
+    from vmscan.disk import FORMATS
+    from vmscan.proc import SubprocessError, run_bounded
+
+    if fmt not in FORMATS:
+        return f"unsupported:{fmt}", {}
     cmd = ["qemu-img", "info", "--output=json", "-f", fmt, "-U", path]
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            timeout=_QEMU_IMG_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        # Own process group, killed and reaped on expiry (a hostile extent can hang it).
+        proc = run_bounded(cmd, timeout=_QEMU_IMG_TIMEOUT, max_output=_MAX_INFO_BYTES)
+    except SubprocessError as exc:
         return f"error:{type(exc).__name__}", {}
-    if proc.returncode != 0 or len(proc.stdout) > _MAX_INFO_BYTES:
+    if proc.returncode != 0:
         return "error:" + hashlib.sha256(proc.stderr).hexdigest(), {}
     try:
         info = json.loads(proc.stdout)
@@ -1077,7 +1115,8 @@ def run_nightly(
             _finish(cfg, db, run_id, outcome, discovery.warnings)
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        outcome.exit_code = 130 if interrupted else EXIT_IMAGE_ERROR
+        code = int(getattr(exc, "exit_code", 130))  # 128 + signal (runctl.Interrupted)
+        outcome.exit_code = code if interrupted else EXIT_IMAGE_ERROR
         outcome.error = outcome.error or f"{type(exc).__name__}: {exc}"
         raise
     finally:

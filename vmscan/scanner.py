@@ -1,7 +1,8 @@
 """Scan orchestration: one worker process and one appliance per image, in parallel.
 
-Each image runs in its own process group so that a hung appliance (qemu is a child
-of the worker) can be killed on the per-image timeout without touching the others.
+Each image runs in a forked worker with its own process group (started and killed by
+:mod:`vmscan.pool`), its own ``TMPDIR`` in the run's folder (:mod:`vmscan.runctl`), and
+the image's whole time budget, host-side vetting included.
 """
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import multiprocessing as mp
 import os
 import re
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
-from vmscan import SCHEMA_VERSION, __version__
+from vmscan import SCHEMA_VERSION, __version__, pool, runctl
 from vmscan.completeness import bound, finalize_image, plugin_status
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
@@ -35,6 +37,7 @@ from vmscan.model import (
     ScanResult,
 )
 from vmscan.plugins import ScanContext
+from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
 
 log = logging.getLogger(__name__)
@@ -246,10 +249,13 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     """Scan one source (image or libvirt domain) in this process. Never raises."""
     t0 = time.monotonic()
     result = ImageResult(source=label, started_at=now_iso())
+    # Host-side vetting (qemu-img included) spends the same per-image budget.
+    budget = Budget(opts.timeout)
     try:
-        src = resolve_source(label, opts.disk_format, opts.allow_backing)
+        src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
         result.disks = list(src.disks)
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
+            _appliance_started(sess.g)
             _scan_session(sess, result, opts)
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
@@ -427,6 +433,16 @@ def _scan_data_disks(
 
 _progress_conn: Connection | None = None
 _progress_last = 0.0
+_send_lock = threading.Lock()
+_sockwatch: runctl.SockdirWatch | None = None
+
+
+def _send(msg: Any) -> None:
+    """One message to the parent (progress, a socket folder, the result); thread-safe."""
+    if _progress_conn is None:
+        return
+    with _send_lock, contextlib.suppress(OSError):
+        _progress_conn.send(msg)
 
 
 def _file_progress(done: int) -> None:
@@ -436,55 +452,50 @@ def _file_progress(done: int) -> None:
     if _progress_conn is None or now - _progress_last < 0.5:
         return
     _progress_last = now
-    with contextlib.suppress(OSError):
-        _progress_conn.send(("files", done))
+    _send(("files", done))
+
+
+def _appliance_started(g: Any) -> None:
+    """Report the socket folder named on qemu's command line (if the watch missed it)."""
+    if _sockwatch is None:
+        return
+    with contextlib.suppress(RuntimeError, AttributeError):
+        _sockwatch.note(runctl.qemu_sockdirs(int(g.get_pid())))
+    # The folder exists by now and is known: no need to keep reading /proc for hours.
+    _sockwatch.stop()
 
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the parent dies (even by SIGKILL).
 
     The worker has its own process group, so a kill of the parent's group would
-    not reach it; libguestfs' recovery process then takes qemu down with it.
+    not reach it; the run's janitor then kills the worker's group, qemu included.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        log.debug("prctl(PR_SET_PDEATHSIG) unavailable")
+    set_pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
-def _worker(label: str, opts: ScanOptions, conn: Connection) -> None:
-    global _progress_conn
+def _worker(
+    label: str, opts: ScanOptions, conn: Connection, run: runctl.RunDir, wdir: Path
+) -> None:
+    global _progress_conn, _sockwatch
     # Own process group: the parent kills the whole group (qemu included) on timeout.
     os.setpgrp()
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles ^C and stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    runctl.enter_worker(run, wdir)
     _progress_conn = conn
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    res = scan_image(label, opts)
+    _sockwatch = runctl.SockdirWatch(lambda d: _send(("sockdir", d))).start()
     try:
-        conn.send(res)
+        res = scan_image(label, opts)
+    finally:
+        _sockwatch.stop()
+    try:
+        _send(res)
     finally:
         conn.close()
-
-
-@dataclass
-class _Running:
-    label: str
-    index: int
-    proc: mp.process.BaseProcess
-    conn: Connection
-    deadline: float
-
-
-def _kill_group(proc: mp.process.BaseProcess) -> None:
-    if proc.pid is None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.join(5)
 
 
 def scan_sources(
@@ -494,67 +505,27 @@ def scan_sources(
     progress: Callable[[ImageResult], None] | None = None,
     file_progress: Callable[[str, int], None] | None = None,
 ) -> ScanResult:
-    """Scan every source, ``opts.jobs`` at a time; results keep the order of *sources*."""
+    """Scan every source, ``opts.jobs`` at a time; results keep the order of *sources*.
+
+    On SIGTERM/SIGINT (inside :func:`vmscan.runctl.interruptible`) every worker and its
+    appliance is killed, their folders removed, and :class:`vmscan.runctl.Interrupted` is
+    raised with ``partial`` set: the finished images, the others marked not scanned.
+    """
     result = ScanResult(
         schema_version=SCHEMA_VERSION, vmscan_version=__version__, started_at=now_iso()
     )
-    results: list[ImageResult | None] = [None] * len(sources)
-    ctx = mp.get_context("fork")
-    pending = list(enumerate(sources))
-    running: list[_Running] = []
-    jobs = max(1, opts.jobs)
-
-    def finish(idx: int, res: ImageResult) -> None:
-        results[idx] = res
-        if on_image_done:
-            on_image_done(res)
-        if progress:
-            progress(res)
-
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                idx, label = pending.pop(0)
-                parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(label, opts, child), daemon=False)
-                proc.start()
-                child.close()
-                running.append(_Running(label, idx, proc, parent, time.monotonic() + opts.timeout))
-            timeout = max(0.1, min(r.deadline for r in running) - time.monotonic())
-            ready = wait([r.conn for r in running], timeout=timeout)
-            now = time.monotonic()
-            for r in list(running):
-                res: ImageResult | None = None
-                if r.conn in ready:
-                    try:
-                        msg = r.conn.recv()
-                        if isinstance(msg, tuple):  # ("files", n): progress, not the end
-                            if file_progress:
-                                file_progress(r.label, int(msg[1]))
-                            continue
-                        res = msg
-                    except (EOFError, OSError):
-                        res = ImageResult(
-                            source=r.label,
-                            status=ImageStatus.ERROR,
-                            errors=["the scan worker died (killed or crashed)"],
-                        )
-                    r.proc.join(30)
-                    _kill_group(r.proc)  # stray qemu, if any
-                elif now >= r.deadline:
-                    _kill_group(r.proc)
-                    res = ImageResult(
-                        source=r.label,
-                        status=ImageStatus.ERROR,
-                        errors=[f"timed out after {opts.timeout:g} s (--timeout); scan abandoned"],
-                    )
-                if res is not None:
-                    r.conn.close()
-                    running.remove(r)
-                    finish(r.index, res)
-    finally:
-        for r in running:
-            _kill_group(r.proc)
-    result.images = [r for r in results if r is not None]
-    result.finished_at = now_iso()
+    with runctl.run_scope() as run:
+        pool.run_images(
+            run,
+            result,
+            sources,
+            worker=_worker,
+            worker_args=(opts,),
+            jobs=max(1, opts.jobs),
+            timeout=opts.timeout,
+            clock=now_iso,
+            on_image_done=on_image_done,
+            progress=progress,
+            file_progress=file_progress,
+        )
     return result

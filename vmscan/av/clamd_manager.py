@@ -1,44 +1,53 @@
-"""Runs vmscan's own clamd: private config, socket and database folder; start, restart, stop.
+"""Runs vmscan's own clamd: private config, socket and database folder; start, supervise, stop.
 
-The parent process of a scan run owns one :class:`ManagedClamd`. Worker processes only get
-its ``address``; the runtime folder beside the socket holds ``vmscan-clamd.json`` so a
-worker that finds clamd dead can restart it (:func:`restart_managed`), serialised by a
-file lock, and the owner stops whichever clamd is current when the run ends.
+The process that starts a :class:`ManagedClamd` owns it: clamd is its child, in its own
+session, with ``PR_SET_PDEATHSIG`` so that it dies with the owner even when the owner is
+SIGKILLed. Workers (forked) get a :class:`ClamdDescriptor` in memory (address, limits,
+database digest): they never look for clamd on disk, and no file on disk ever names a
+program vmscan runs. The owner supervises its clamd in a thread and restarts it when it
+dies; a worker whose stream breaks only waits, for a bounded time, for clamd to answer
+again, and otherwise reports the files ``not_scanned``.
+
+Linux sends the death signal when the *thread* that started the child exits: the first
+clamd is started by the thread calling :meth:`ManagedClamd.start` (keep it alive for the
+run, as the CLI's main thread is), restarted ones by the supervisor thread, which lives
+until :meth:`ManagedClamd.stop`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
+import select
 import shutil
-import signal
 import subprocess
 import tempfile
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from vmscan.av.clamd_client import ClamdClient, ClamdUnavailable
 from vmscan.av.signatures import DEFAULT_SIG_DIR, database_digest
 from vmscan.errors import VmscanError
+from vmscan.proc import SubprocessError, reap, spawn
 
 __all__ = [
+    "ClamdDescriptor",
     "ClamdLimits",
     "ClamdUnavailable",
     "ManagedClamd",
-    "managed_info",
-    "restart_managed",
+    "clamd_threads",
 ]
 
 log = logging.getLogger(__name__)
 
 SYSTEM_DB_DIR = Path("/var/lib/clamav")
-MARKER = "vmscan-clamd.json"
+#: Unix socket paths are limited to 108 bytes.
+_MAX_SOCKET_PATH = 100
 _SYSTEM_DB_SUFFIXES = (".cvd", ".cld", ".cud")
 _OWN_DB_SUFFIXES = (".hsb", ".hdb", ".ndb", ".ldb", ".yar", ".yara", ".fp", ".sfp", ".ign2")
 MiB = 1024 * 1024
@@ -71,7 +80,6 @@ def _config_text(rt: Path, limits: ClamdLimits, threads: int) -> str:
         "LocalSocketMode": "600",
         "FixStaleSocket": "yes",
         "Foreground": "yes",
-        "PidFile": str(rt / "clamd.pid"),
         "DatabaseDirectory": str(rt / "db"),
         "TemporaryDirectory": str(rt / "tmp"),
         "LogFile": str(rt / "clamd.log"),
@@ -98,22 +106,28 @@ def _config_text(rt: Path, limits: ClamdLimits, threads: int) -> str:
     return "".join(f"{k} {v}\n" for k, v in lines.items())
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def clamd_threads(jobs: int, streams: int, cores: int | None = None) -> int:
+    """MaxThreads for one run: every stream of every job at once, capped by the cores.
+
+    Never below 2, so that a PING (clamd serves it on a worker thread too) is not queued
+    behind a long stream and taken for a dead clamd.
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(2, min(jobs * streams, cores))
 
 
-def _is_our_clamd(pid: int, conf: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"clamd" in cmdline and conf.encode() in cmdline
+@dataclass(frozen=True)
+class ClamdDescriptor:
+    """What a worker needs to use the managed clamd; handed over in memory, never a file."""
+
+    address: str
+    runtime_dir: str
+    database_digest: str
+    limits: ClamdLimits
+    version: str
+    owner_pid: int
+    #: How long a client waits for the owner to bring a dead clamd back.
+    restart_wait: float = 120.0
 
 
 def _log_tail(path: Path, n: int = 8) -> str:
@@ -121,113 +135,7 @@ def _log_tail(path: Path, n: int = 8) -> str:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    return " | ".join(ln.strip() for ln in lines[-n:] if ln.strip())
-
-
-def _spawn(info: dict[str, Any]) -> subprocess.Popen[bytes]:
-    rt = Path(info["runtime_dir"])
-    out = open(rt / "clamd.stderr", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            [info["binary"], "--config-file", info["config"], "--foreground"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            # Own session: a Ctrl-C meant for vmscan must not kill clamd mid-stream; the
-            # owner stops it explicitly.
-            start_new_session=True,
-            close_fds=True,
-        )
-    finally:
-        out.close()
-
-
-def _wait_pong(info: dict[str, Any], proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    client = ClamdClient(info["address"], timeout=10, connect_timeout=2)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.ping():
-            return
-        if proc is not None and proc.poll() is not None:
-            rt = Path(info["runtime_dir"])
-            tail = _log_tail(rt / "clamd.stderr") or _log_tail(rt / "clamd.log")
-            raise ClamdUnavailable(f"clamd exited with code {proc.returncode}: {tail}")
-        time.sleep(0.1)
-    raise ClamdUnavailable(f"clamd did not answer PING within {timeout:.0f} s")
-
-
-def _kill_current(info: dict[str, Any], grace: float = 10.0) -> None:
-    """Stop the clamd named by the pid file, if it is still ours and alive."""
-    try:
-        pid = int((Path(info["runtime_dir"]) / "clamd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return
-    if not _is_our_clamd(pid, info["config"]):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, info["config"], grace):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, info["config"], grace)
-
-
-def _wait_gone(pid: int, conf: str, timeout: float) -> bool:
-    """Wait for a clamd to exit, reaping it when it is our child (no zombie left)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
-        except ChildProcessError:
-            pass  # started by another process of the run: its parent reaps it
-        if not _pid_alive(pid) or not _is_our_clamd(pid, conf):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def managed_info(address: str) -> dict[str, Any] | None:
-    """The marker a :class:`ManagedClamd` left beside its socket; None for other clamds."""
-    if not address.startswith("unix:"):
-        return None
-    marker = Path(address[len("unix:") :]).parent / MARKER
-    try:
-        info: dict[str, Any] = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    return info if info.get("address") == address else None
-
-
-def restart_managed(address: str, timeout: float = 180.0) -> bool:
-    """Bring a managed clamd back after it died (any process of the run may call this).
-
-    Returns False when *address* is not a managed clamd or it could not be restarted.
-    """
-    info = managed_info(address)
-    if info is None:
-        return False
-    lock_path = Path(info["runtime_dir"]) / "restart.lock"
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            # Another worker may have restarted it while we waited for the lock.
-            if ClamdClient(address, timeout=10, connect_timeout=2).ping():
-                return True
-            log.warning("clamd at %s does not answer: restarting it", address)
-            _kill_current(info, grace=3.0)
-            proc = _spawn(info)
-            try:
-                _wait_pong(info, proc, timeout)
-            except ClamdUnavailable as e:
-                log.error("clamd restart failed: %s", e)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                return False
-            return True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return " | ".join(ln.strip()[:300] for ln in lines[-n:] if ln.strip())
 
 
 class ManagedClamd:
@@ -243,6 +151,8 @@ class ManagedClamd:
         start_timeout: float = 300.0,
         clamd_binary: str | None = None,
         runtime_parent: str | Path | None = None,
+        supervise: bool = True,
+        max_restarts: int = 5,
     ) -> None:
         self.signatures_dir = Path(signatures_dir)
         self.system_db_dir = Path(system_db_dir) if system_db_dir else None
@@ -251,17 +161,29 @@ class ManagedClamd:
         self.start_timeout = start_timeout
         self.clamd_binary = clamd_binary
         self.runtime_parent = runtime_parent
+        self.supervise = supervise
+        self.max_restarts = max_restarts
         self.runtime_dir: Path | None = None
         self.address = ""
         self.version = ""
         self.database_digest = ""
         self.start_seconds = 0.0
+        #: Times the supervisor (or :meth:`restart`) brought clamd back.
+        self.restarts = 0
+        self._binary = ""
+        self._conf: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._info: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
+        self._supervisor: threading.Thread | None = None
+        #: Called with the pid of every clamd started (the run's janitor registers it).
+        self.on_spawn: list[Callable[[int], None]] = []
 
-    def _prepare(self, binary: str) -> None:
-        # Unix socket paths are limited to 108 bytes: keep the runtime folder short.
-        parent = self.runtime_parent or os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    def _prepare(self) -> None:
+        parent = str(self.runtime_parent or os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+        if len(parent) > _MAX_SOCKET_PATH - 30:
+            parent = "/tmp"  # the socket path must stay under 108 bytes
         rt = Path(tempfile.mkdtemp(prefix="vmscan-clamd-", dir=parent))
         os.chmod(rt, 0o700)
         self.runtime_dir = rt
@@ -281,20 +203,45 @@ class ManagedClamd:
                         os.link(p, db / p.name)
                     except OSError:
                         os.symlink(p, db / p.name)
-        conf = rt / "clamd.conf"
-        conf.write_text(_config_text(rt, self.limits, self.threads))
+        self._conf = rt / "clamd.conf"
+        self._conf.write_text(_config_text(rt, self.limits, self.threads))
         self.address = f"unix:{rt / 'clamd.sock'}"
         self.database_digest = database_digest(db)
-        self._info = {
-            "address": self.address,
-            "runtime_dir": str(rt),
-            "config": str(conf),
-            "binary": binary,
-            "database_digest": self.database_digest,
-            "limits": asdict(self.limits),
-            "owner_pid": os.getpid(),
-        }
-        (rt / MARKER).write_text(json.dumps(self._info, indent=1))
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        assert self.runtime_dir is not None and self._conf is not None
+        with open(self.runtime_dir / "clamd.stderr", "ab") as out:
+            try:
+                proc = spawn(
+                    [self._binary, "--config-file", str(self._conf), "--foreground"],
+                    stdout=out.fileno(),
+                    stderr=out.fileno(),
+                    # Own session: a Ctrl-C meant for vmscan must not kill clamd mid-stream.
+                    new_session=True,
+                )
+            except SubprocessError as e:
+                raise ClamdUnavailable(f"clamd could not be started: {e}") from e
+        for hook in self.on_spawn:
+            with contextlib.suppress(Exception):
+                hook(proc.pid)
+        return proc
+
+    def _wait_pong(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        client = ClamdClient(self.address, timeout=10, connect_timeout=2)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if client.ping():
+                return
+            if proc.poll() is not None:
+                assert self.runtime_dir is not None
+                tail = _log_tail(self.runtime_dir / "clamd.stderr") or _log_tail(
+                    self.runtime_dir / "clamd.log"
+                )
+                raise ClamdUnavailable(f"clamd exited with code {proc.returncode}: {tail}")
+            if self._stopping.is_set():
+                raise ClamdUnavailable("clamd start abandoned: vmscan is stopping")
+            time.sleep(0.1)
+        raise ClamdUnavailable(f"clamd did not answer PING within {timeout:.0f} s")
 
     def start(self) -> ManagedClamd:
         binary = self.clamd_binary or find_clamd()
@@ -302,11 +249,12 @@ class ManagedClamd:
             raise ClamdUnavailable(
                 "clamd was not found (install Debian's clamav-daemon) or pass --clamd ADDRESS"
             )
+        self._binary = binary
         t0 = time.monotonic()
         try:
-            self._prepare(binary)
-            self._proc = _spawn(self._info)
-            _wait_pong(self._info, self._proc, self.start_timeout)
+            self._prepare()
+            self._proc = self._spawn()
+            self._wait_pong(self._proc, self.start_timeout)
             self.version = ClamdClient(self.address, timeout=30).version()
         except (OSError, VmscanError) as e:
             self.stop()
@@ -318,40 +266,104 @@ class ManagedClamd:
             raise
         self.start_seconds = time.monotonic() - t0
         log.info("clamd %s ready at %s in %.2f s", self.version, self.address, self.start_seconds)
+        if self.supervise:
+            self._wake_r, self._wake_w = os.pipe()
+            self._supervisor = threading.Thread(
+                target=self._supervise, name="clamd-supervisor", daemon=True
+            )
+            self._supervisor.start()
         return self
 
-    def restart(self) -> None:
-        """Start clamd again (after it died); ClamdUnavailable when it will not come back."""
-        if not self._info:
+    @property
+    def descriptor(self) -> ClamdDescriptor:
+        """What workers get (in memory) to talk to this clamd."""
+        if self.runtime_dir is None:
             raise ClamdUnavailable("clamd was never started")
-        if not restart_managed(self.address, self.start_timeout):
-            raise ClamdUnavailable("clamd could not be restarted")
+        return ClamdDescriptor(
+            address=self.address,
+            runtime_dir=str(self.runtime_dir),
+            database_digest=self.database_digest,
+            limits=self.limits,
+            version=self.version,
+            owner_pid=os.getpid(),
+            restart_wait=min(self.start_timeout, 120.0) if self.supervise else 0.0,
+        )
 
     @property
     def pid(self) -> int | None:
-        if self.runtime_dir is None:
-            return None
-        try:
-            return int((self.runtime_dir / "clamd.pid").read_text().strip())
-        except (OSError, ValueError):
-            return self._proc.pid if self._proc else None
+        """The running clamd's pid (from our own child handle, not a pid file)."""
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    def _supervise(self) -> None:
+        """Wait for clamd to die; start it again unless vmscan is stopping (bounded)."""
+        while not self._stopping.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                pidfd = -1  # already gone (or no pidfd): poll below sees it
+            try:
+                while proc.poll() is None and not self._stopping.is_set():
+                    fds = [self._wake_r] + ([pidfd] if pidfd >= 0 else [])
+                    select.select(fds, [], [], 1.0)
+            finally:
+                if pidfd >= 0:
+                    os.close(pidfd)
+            if self._stopping.is_set():
+                return
+            log.warning("clamd (pid %d) exited with code %s", proc.pid, proc.returncode)
+            if self.restarts >= self.max_restarts:
+                log.error("clamd died %d times: not restarting it again", self.restarts + 1)
+                return
+            try:
+                self.restart()
+            except ClamdUnavailable as e:
+                log.error("clamd restart failed: %s", e)
+                return
+
+    def restart(self) -> None:
+        """Start clamd again (after it died); ClamdUnavailable when it will not come back."""
+        with self._lock:
+            if not self._binary or self.runtime_dir is None:
+                raise ClamdUnavailable("clamd was never started")
+            old = self._proc
+            if old is not None and old.poll() is None:
+                if ClamdClient(self.address, timeout=10, connect_timeout=2).ping():
+                    return
+                reap(old, grace=3.0)
+            log.warning("clamd at %s does not answer: restarting it", self.address)
+            proc = self._spawn()
+            self._proc = proc
+            self.restarts += 1  # counted when started: a client may see it answer at once
+            try:
+                self._wait_pong(proc, self.start_timeout)
+            except ClamdUnavailable:
+                reap(proc)
+                raise
 
     def stop(self) -> None:
-        if self._info:
-            _kill_current(self._info)
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.terminate()
-                try:
-                    self._proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    self._proc.kill()
-                    self._proc.wait(10)
-            self._proc = None
+        self._stopping.set()
+        if self._wake_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+        if self._supervisor is not None:
+            self._supervisor.join(30)
+            self._supervisor = None
+        with self._lock:
+            if self._proc is not None:
+                reap(self._proc, grace=10.0)
+                self._proc = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self.runtime_dir is not None:
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             self.runtime_dir = None
-        self._info = {}
 
     def __enter__(self) -> ManagedClamd:
         return self.start()

@@ -42,7 +42,7 @@ from vmscan.av.clamd_client import (
     StreamRefused,
     Verdict,
 )
-from vmscan.av.clamd_manager import ClamdLimits, restart_managed
+from vmscan.av.clamd_manager import ClamdLimits
 from vmscan.av.magic import HEAD_SIZE, classify, in_scope
 from vmscan.av.paths import decode_path, encode_path, tar_exclude_pattern
 from vmscan.av.signatures import HashSignature, match_hash, normalize_name
@@ -117,16 +117,36 @@ class _Pending:
 
 
 class ClamdLink:
-    """clamd calls with one restart-and-retry (managed) or none (external)."""
+    """clamd calls with a bounded wait for a restart (managed) or none (external).
 
-    def __init__(self, client: ClamdClient, managed: bool, max_restarts: int = 3) -> None:
+    The process that owns a managed clamd restarts it when it dies; a scanner here only
+    waits (at most ``restart_wait`` seconds) for it to answer again. Nothing is started
+    from here: a worker never runs a program.
+    """
+
+    def __init__(
+        self,
+        client: ClamdClient,
+        managed: bool,
+        max_restarts: int = 3,
+        restart_wait: float = 120.0,
+    ) -> None:
         self.client = client
         self.managed = managed
         self.max_restarts = max_restarts
+        self.restart_wait = restart_wait
         self.restarts = 0
         self.died = False
         self.dead = False
         self._lock = threading.Lock()
+
+    def _wait_back(self) -> bool:
+        deadline = time.monotonic() + self.restart_wait
+        while time.monotonic() < deadline:
+            if self.client.ping():
+                return True
+            time.sleep(0.25)
+        return False
 
     def recover(self) -> bool:
         """After a failed conversation: True when clamd answers (again) and a retry makes sense."""
@@ -136,10 +156,9 @@ class ClamdLink:
             if self.client.ping():
                 return True
             self.died = True
-            if self.managed and self.restarts < self.max_restarts:
+            if self.managed and self.restarts < self.max_restarts and self._wait_back():
                 self.restarts += 1
-                if restart_managed(self.client.address):
-                    return True
+                return True
             self.dead = True
             return False
 

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,19 +227,19 @@ def _clamscan_loads(sig_dir: Path) -> str | None:
     clamscan = shutil.which("clamscan")
     if clamscan is None:
         return None
+    from vmscan.proc import SubprocessError, run_bounded
+
     with tempfile.NamedTemporaryFile(prefix="vmscan-empty-") as empty:
         try:
-            proc = subprocess.run(
-                [clamscan, "--no-summary", "-d", str(sig_dir), empty.name],
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
+            # Own process group, killed and reaped on expiry, dies with vmscan.
+            proc = run_bounded(
+                [clamscan, "--no-summary", "-d", str(sig_dir), empty.name], timeout=120
             )
-        except (OSError, subprocess.TimeoutExpired) as e:
+        except SubprocessError as e:
             return f"clamscan could not load the signatures: {e}"
     if proc.returncode not in (0, 1):
-        return f"clamscan could not load the signatures: {proc.stderr.strip()[:500]}"
+        err = proc.stderr.decode("utf-8", "replace").strip()[:500]
+        return f"clamscan could not load the signatures: {err}"
     return None
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 from vmscan.av.cache import VerdictCache
 from vmscan.av.clamd_client import ClamdClient, ClamdConnectionError, ClamdUnavailable
-from vmscan.av.clamd_manager import ClamdLimits, managed_info, restart_managed
+from vmscan.av.clamd_manager import ClamdDescriptor, ClamdLimits
 from vmscan.av.engine import ClamdLink, Outcome, RootAvResult, RootScanner, severity_of
 from vmscan.av.magic import parse_scope
 from vmscan.av.signatures import DEFAULT_SIG_DIR, database_digest, load_sha256_signatures
@@ -35,26 +36,39 @@ def fingerprint(rule_id: str, path: str, sha256: str) -> str:
     return hashlib.sha256(f"antivirus\0{rule_id}\0{path}\0{sha256}".encode()).hexdigest()[:32]
 
 
+def _wait_back(client: ClamdClient, seconds: float) -> bool:
+    """Wait (bounded) for the owner of a managed clamd to restart it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.ping():
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def _engine_facts(
-    address: str, sig_dir: Path
+    address: str, sig_dir: Path, desc: ClamdDescriptor | None
 ) -> tuple[str, str, str, bool, ClamdLimits | None, Path]:
-    """(version, engine, database digest, managed, clamd limits, hash-list folder)."""
+    """(version, engine, database digest, managed, clamd limits, hash-list folder).
+
+    A clamd is vmscan's own only when the descriptor handed over in memory names this very
+    address; a file found beside a socket is never consulted.
+    """
+    managed = desc is not None and desc.address == address
     client = ClamdClient(address, timeout=60)
-    info = managed_info(address)
     try:
         version = client.version()
     except ClamdConnectionError as e:
-        if info is None or not restart_managed(address):
+        if not managed or desc is None or not _wait_back(client, desc.restart_wait):
             raise ClamdUnavailable(f"clamd at {address} does not answer: {e}") from e
         try:
             version = client.version()
         except ClamdConnectionError as e2:
             raise ClamdUnavailable(f"clamd at {address} does not answer: {e2}") from e2
     engine = version.split("/", 1)[0].strip()
-    if info is not None:
-        limits = ClamdLimits(**info.get("limits", {}))
-        db_dir = Path(info["runtime_dir"]) / "db"
-        return version, engine, str(info["database_digest"]), True, limits, db_dir
+    if managed and desc is not None:
+        db_dir = Path(desc.runtime_dir) / "db"
+        return version, engine, desc.database_digest, True, desc.limits, db_dir
     # An external clamd: its databases are known only by the version string (which carries
     # the daily database's number); our own hash lists are matched locally as well.
     own = database_digest(sig_dir) if sig_dir.is_dir() else ""
@@ -108,7 +122,8 @@ class AntivirusCheck(Check):
         for e in ctx.manifest:
             res.outcomes[e.path] = (e, Outcome("not_scanned", reason=reason, detail=detail))
         address = str(ctx.options.get("clamd") or "")
-        managed = bool(address) and managed_info(address) is not None
+        # Managed when this run started it: its descriptor reached the worker in memory.
+        managed = isinstance(ctx.options.get("clamd_descriptor"), ClamdDescriptor)
         try:
             scope = parse_scope(ctx.options.get("av_scope"))
         except ValueError:
@@ -138,7 +153,10 @@ class AntivirusCheck(Check):
         sig_dir = Path(opts.get("signatures_dir") or DEFAULT_SIG_DIR)
         if sig_dir.name != "clamav" and (sig_dir / "clamav").is_dir():
             sig_dir = sig_dir / "clamav"
-        version, engine, digest, managed, limits, hash_dir = _engine_facts(address, sig_dir)
+        desc = opts.get("clamd_descriptor")
+        if not isinstance(desc, ClamdDescriptor):
+            desc = None
+        version, engine, digest, managed, limits, hash_dir = _engine_facts(address, sig_dir, desc)
         if limits is None:
             # An external clamd's limits are unknown: assume vmscan's defaults unless told.
             limits = external_limits(opts)
@@ -154,7 +172,9 @@ class AntivirusCheck(Check):
             except Exception as e:
                 ctx.notes.append(f"antivirus: verdict cache unavailable: {e}")
         link = ClamdLink(
-            ClamdClient(address, timeout=float(opts.get("clamd_timeout") or 300)), managed=managed
+            ClamdClient(address, timeout=float(opts.get("clamd_timeout") or 300)),
+            managed=managed,
+            restart_wait=desc.restart_wait if managed and desc is not None else 0.0,
         )
         scanner = RootScanner(
             link,

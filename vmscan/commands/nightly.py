@@ -37,8 +37,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    # systemd stops a unit with SIGTERM: unwind like ^C so the run is marked interrupted.
-    raise KeyboardInterrupt(f"signal {signum}")
+    # systemd stops a unit with SIGTERM: unwind like ^C so the run is marked interrupted
+    # (the scan loop stops its workers, appliances and clamd and removes their folders).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    from vmscan.runctl import Interrupted
+
+    raise Interrupted(signum)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,18 +64,20 @@ def run(args: argparse.Namespace) -> int:
             f"re-check, {counts['carry']} unchanged, {counts['error']} unusable"
         )
         return 0
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         outcome = nightly.run_nightly(cfg, metrics_path=args.metrics)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(
             "interrupted: the run is marked interrupted; the next run resumes it", file=sys.stderr
         )
-        return 130
+        # 128 + the signal: 143 for SIGTERM, 130 for SIGINT.
+        return int(getattr(exc, "exit_code", 130))
     except UsageError:
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
     for w in outcome.warnings:
         log.warning("%s", w)
     # One summary line on stderr whatever the log level (cron mails, the journal).

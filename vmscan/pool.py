@@ -1,0 +1,187 @@
+"""Many images in parallel: one forked worker per image, each in its own process group.
+
+A hung appliance (qemu is a child of the worker) is killed with its whole group on the
+per-image timeout without touching the others; a finished, dead or killed worker's
+folders (its ``TMPDIR`` in the run folder, the libguestfs socket folders it reported) are
+removed at once; on SIGTERM/SIGINT every worker is stopped the same way and the images
+finished so far are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from vmscan import runctl
+from vmscan.model import ImageResult, ImageStatus, ScanResult
+
+
+@dataclass
+class _Running:
+    label: str
+    index: int
+    proc: mp.process.BaseProcess
+    conn: Connection
+    deadline: float
+    wdir: Path
+    sockdirs: set[str] = field(default_factory=set)
+
+
+def _kill_group(proc: mp.process.BaseProcess) -> None:
+    if proc.pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.join(5)
+    # qemu and libguestfs' recovery process are in the group: wait until they are gone
+    # before their folders are removed.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+def _end_worker(r: _Running) -> None:
+    """Kill what is left of a worker's group and remove its folders."""
+    _kill_group(r.proc)
+    shutil.rmtree(r.wdir, ignore_errors=True)
+    for d in r.sockdirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _drain(r: _Running) -> ImageResult | None:
+    """A result already waiting in a worker's pipe (read without blocking), if any."""
+    for _ in range(1000):
+        try:
+            if not r.conn.poll(0):
+                return None
+            msg = r.conn.recv()
+        except (EOFError, OSError):
+            return None
+        if isinstance(msg, ImageResult):
+            return msg
+    return None
+
+
+def _not_finished(label: str, why: str) -> ImageResult:
+    return ImageResult(source=label, status=ImageStatus.ERROR, errors=[why])
+
+
+def run_images(
+    run: runctl.RunDir,
+    result: ScanResult,
+    sources: list[str],
+    *,
+    worker: Callable[..., None],
+    worker_args: tuple[Any, ...],
+    jobs: int,
+    timeout: float,
+    clock: Callable[[], str],
+    on_image_done: Callable[[ImageResult], None] | None = None,
+    progress: Callable[[ImageResult], None] | None = None,
+    file_progress: Callable[[str, int], None] | None = None,
+) -> None:
+    """Run ``worker(label, *worker_args, conn, run, wdir)`` per source, *jobs* at a time.
+
+    Fills ``result.images`` in the order of *sources*. On :class:`runctl.Interrupted` the
+    workers are killed, their folders removed, ``result`` is marked interrupted and set as
+    the exception's ``partial``, and the exception propagates.
+    """
+    results: list[ImageResult | None] = [None] * len(sources)
+    ctx = mp.get_context("fork")
+    pending = list(enumerate(sources))
+    running: list[_Running] = []
+
+    def finish(idx: int, res: ImageResult) -> None:
+        results[idx] = res
+        if on_image_done:
+            on_image_done(res)
+        if progress:
+            progress(res)
+
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                idx, label = pending.pop(0)
+                wdir = run.worker_dir(idx)
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=worker, args=(label, *worker_args, child, run, wdir), daemon=False
+                )
+                proc.start()
+                child.close()
+                assert proc.pid is not None
+                run.track_process(proc.pid)
+                running.append(_Running(label, idx, proc, parent, time.monotonic() + timeout, wdir))
+            wait_s = max(0.1, min(r.deadline for r in running) - time.monotonic())
+            ready = wait([r.conn for r in running], timeout=wait_s)
+            now = time.monotonic()
+            for r in list(running):
+                res: ImageResult | None = None
+                if r.conn in ready:
+                    try:
+                        msg = r.conn.recv()
+                        if isinstance(msg, tuple):  # ("files", n) or ("sockdir", path)
+                            if msg[0] == "sockdir" and isinstance(msg[1], str):
+                                r.sockdirs.add(msg[1])
+                                run.track_dir(msg[1])
+                            elif msg[0] == "files" and file_progress:
+                                file_progress(r.label, int(msg[1]))
+                            continue
+                        res = msg
+                    except (EOFError, OSError):
+                        res = _not_finished(r.label, "the scan worker died (killed or crashed)")
+                    r.proc.join(30)
+                    _end_worker(r)  # stray qemu, if any, and the worker's folders
+                elif now >= r.deadline:
+                    _end_worker(r)
+                    res = _not_finished(
+                        r.label, f"timed out after {timeout:g} s (--timeout); scan abandoned"
+                    )
+                if res is not None:
+                    r.conn.close()
+                    running.remove(r)
+                    finish(r.index, res)
+    except runctl.Interrupted as exc:
+        for r in running:
+            _end_worker(r)
+        for r in running:
+            res = _drain(r)
+            if res is not None:
+                with contextlib.suppress(Exception):
+                    finish(r.index, res)  # it had finished: its result was in the pipe
+        # A worker started in the instant the signal came may not be in ``running``.
+        for stray in ctx.active_children():
+            if stray.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(stray.pid, signal.SIGKILL)
+        running = [r for r in running if results[r.index] is None]
+        why = f"not scanned: vmscan was interrupted by {exc.signal_name} before it finished"
+        for r in running:
+            results[r.index] = _not_finished(r.label, why)
+        for idx, label in pending:
+            results[idx] = _not_finished(label, why)
+        running = []
+        result.images = [r for r in results if r is not None]
+        result.finished_at = clock()
+        result.interrupted = True
+        result.interrupted_by = exc.signal_name
+        exc.partial = result
+        raise
+    finally:
+        for r in running:
+            _end_worker(r)
+    result.images = [r for r in results if r is not None]
+    result.finished_at = clock()
