@@ -319,9 +319,11 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
             if taken is not None:
                 # libguestfs resolves fstab names like /dev/sdb1 by position, so a
                 # missing disk can map onto a device already mounted: never walk it twice.
+                # The record names the device as the guest does (its fstab spec), not
+                # libguestfs' positional guess, which varies with the drive layout.
                 _not_mounted(
                     result,
-                    dev,
+                    spec,
                     mp_,
                     f"fstab entry maps to {dev}, already mounted on {taken}",
                     f"{root_dev}: {where}, which resolves to {dev}, "
