@@ -339,6 +339,17 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
                 partial = True
                 named = f" ({where})" if line else ""
                 result.errors.append(f"{root_dev}: cannot mount {dev} on {mp_}{named}: {err}")
+                if line and spec != dev and spec.startswith("/dev/") and spec not in fs_by_dev:
+                    # libguestfs mapped a device this image lacks onto one it has.
+                    result.filesystems.append(
+                        Filesystem(
+                            device=spec,
+                            type="absent",
+                            mountpoint=mp_,
+                            error=f"named by /etc/fstab line {line}, not in this image "
+                            f"(libguestfs mapped it to {dev})",
+                        )
+                    )
                 if mp_ == "/":
                     break
             else:
