@@ -553,7 +553,9 @@ def test_windows_services_from_system_hive(tmp_path: Path, corpus: Path) -> None
 
 
 def test_ntfs_dirty_parser_on_struct_bytes() -> None:
-    from vmscan.checks.migration_parse import ntfs_volume_flags
+    from vmscan.checks.migration.binaries import (
+        ntfs_volume_flags,
+    )
 
     boot = bytearray(512)
     boot[3:11] = b"NTFS    "

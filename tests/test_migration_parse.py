@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 from test_migration_trees import dos_mz, elf, ne_exe, pe
 
-from vmscan.checks.migration_parse import (
-    ParseNotes,
-    classify_device_spec,
+from vmscan.checks.migration.binaries import (
     classify_executable,
     hiberfil_state,
+    scan_initramfs,
+)
+from vmscan.checks.migration.parse import (
+    ParseNotes,
+    classify_device_spec,
     mapper_to_lv,
     parse_crypttab,
     parse_debian_interfaces,
@@ -23,7 +26,6 @@ from vmscan.checks.migration_parse import (
     parse_nm_keyfile,
     parse_systemd_network,
     parse_udev_rules,
-    scan_initramfs,
 )
 
 
@@ -259,7 +261,9 @@ def test_ntfs_flags_on_a_real_mkntfs_volume(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    from vmscan.checks.migration_parse import ntfs_volume_flags
+    from vmscan.checks.migration.binaries import (
+        ntfs_volume_flags,
+    )
 
     if shutil.which("mkntfs") is None:
         pytest.skip("mkntfs (ntfs-3g) not installed")
