@@ -265,10 +265,32 @@ def test_cyclonedx_stream_and_dir(tmp_path: Path) -> None:
     doc = _hand_made()
     buf = io.StringIO()
     write_cyclonedx(doc, buf)
-    keyed = json.loads(buf.getvalue())
-    assert sorted(keyed) == ["/vms/deb12.qcow2", "/vms/win2019.qcow2"]
-    for bom in keyed.values():
-        assert validate_bom_json(json.dumps(bom)) == []
+    # Several images: one valid CycloneDX document, each VM a component holding its OS and
+    # packages, every patch vulnerability of every VM kept, bom-refs unique.
+    run_doc = json.loads(buf.getvalue())
+    assert validate_bom_json(buf.getvalue()) == []
+    assert run_doc["metadata"]["component"]["type"] == "platform"
+    vms = run_doc["components"]
+    assert [c["name"] for c in vms] == ["/vms/deb12.qcow2", "/vms/win2019.qcow2"]
+    per_image = [json.loads(text) for _, text in boms(doc)]
+    for vm, alone in zip(vms, per_image, strict=True):
+        assert [c["bom-ref"] for c in vm["components"]] == [
+            c["bom-ref"] for c in alone["components"]
+        ]
+    assert sum(len(b.get("vulnerabilities") or []) for b in per_image) == len(
+        run_doc.get("vulnerabilities") or []
+    )
+    refs: list[str] = []
+
+    def walk(cs: list[dict[str, Any]]) -> None:
+        for c in cs:
+            refs.append(c["bom-ref"])
+            walk(c.get("components") or [])
+
+    walk(vms)
+    assert len(refs) == len(set(refs))
+    deps = {d["ref"]: d.get("dependsOn", []) for d in run_doc["dependencies"]}
+    assert deps["run"] == [vm["bom-ref"] for vm in vms]
     one = dict(doc, images=doc["images"][:1])
     buf1 = io.StringIO()
     write_cyclonedx(one, buf1)

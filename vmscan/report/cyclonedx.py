@@ -5,11 +5,11 @@ Layout of one BOM: ``metadata.component`` is the image (type "file"); each OS ro
 programs "application") with its purl and licences; patch-level findings (check "patch")
 are ``vulnerabilities`` whose ``affects`` point at the package they name.
 
-Output: :func:`write_cyclonedx` writes to one stream. With one image the stream holds that
-image's BOM (a plain CycloneDX document). With several, it holds a JSON object keyed by
-image source whose values are BOMs (each one a valid CycloneDX document, not the
-object). :func:`write_cyclonedx_dir` writes one ``<n>-<image>.cdx.json`` file per image
-instead, which is what CycloneDX tools expect.
+Output: :func:`write_cyclonedx` writes one CycloneDX document to one stream: with one
+image, that image's BOM; with several, one BOM of the run (:func:`run_bom`) whose
+``metadata.component`` is the run and whose top-level components are the VM images, each
+nesting its OS and package components. :func:`write_cyclonedx_dir` writes one
+``<n>-<image>.cdx.json`` BOM per image instead.
 """
 
 from __future__ import annotations
@@ -98,20 +98,10 @@ def _ref(*parts: object) -> str:
     return re.sub(r"[^A-Za-z0-9._:@/+-]+", "-", "-".join(str(p) for p in parts))[:200]
 
 
-def image_bom(
-    scan_json: dict[str, Any], image: dict[str, Any], index: int = 0, fleet: str | None = None
-) -> Bom:
-    """The BOM of one image of the scan document (*fleet*: the fleet summary as JSON)."""
-    source = str(image.get("source") or f"image-{index}")
-    meta_component = Component(
-        name=source,
-        type=ComponentType.FILE,
-        bom_ref=_ref("image", index),
-        properties=[Property(name="vmscan:status", value=str(image.get("status", "")))],
-    )
-    if fleet is None:
-        fleet = _fleet_json(scan_json)
-    metadata = BomMetaData(
+def _tool_metadata(
+    scan_json: dict[str, Any], component: Component, fleet: str, when: str
+) -> BomMetaData:
+    return BomMetaData(
         tools=ToolRepository(
             components=[
                 Component(
@@ -122,9 +112,88 @@ def image_bom(
                 )
             ]
         ),
-        component=meta_component,
+        component=component,
         properties=[Property(name="vmscan:license_fleet", value=fleet)],
-        timestamp=_ts(str(image.get("finished_at") or scan_json.get("finished_at") or "")),
+        timestamp=_ts(when),
+    )
+
+
+def image_bom(
+    scan_json: dict[str, Any], image: dict[str, Any], index: int = 0, fleet: str | None = None
+) -> Bom:
+    """The BOM of one image of the scan document (*fleet*: the fleet summary as JSON)."""
+    meta_component, components, vulns, graph = _image_parts(image, index)
+    if fleet is None:
+        fleet = _fleet_json(scan_json)
+    when = str(image.get("finished_at") or scan_json.get("finished_at") or "")
+    source = str(image.get("source") or f"image-{index}")
+    bom = Bom(
+        components=components,
+        metadata=_tool_metadata(scan_json, meta_component, fleet, when),
+        vulnerabilities=vulns,
+        serial_number=uuid.uuid5(_NS, f"{source}\0{scan_json.get('started_at', '')}"),
+    )
+    # The image holds its OS roots; each OS holds its packages.
+    bom.register_dependency(meta_component, [os_c for os_c, _ in graph])
+    for os_c, pkgs in graph:
+        bom.register_dependency(os_c, pkgs)
+    return bom
+
+
+def run_bom(scan_json: dict[str, Any], fleet: str | None = None) -> Bom:
+    """One BOM for the whole run: the run is the subject, each VM image a component.
+
+    Each image component nests its OS components and their packages, so a consumer sees
+    which VM holds what; every bom-ref carries the image's index, so they stay unique.
+    """
+    if fleet is None:
+        fleet = _fleet_json(scan_json)
+    images = [i for i in scan_json.get("images") or [] if isinstance(i, dict)]
+    run_component = Component(
+        name=f"vmscan run of {len(images)} images",
+        type=ComponentType.PLATFORM,
+        bom_ref="run",
+        properties=[
+            Property(name="vmscan:started_at", value=str(scan_json.get("started_at") or ""))
+        ],
+    )
+    tops: list[Component] = []
+    vulns: list[Vulnerability] = []
+    graphs: list[tuple[Component, list[tuple[Component, list[Component]]]]] = []
+    for index, image in enumerate(images):
+        image_c, components, image_vulns, graph = _image_parts(image, index)
+        image_c.components = components
+        tops.append(image_c)
+        vulns.extend(image_vulns)
+        graphs.append((image_c, graph))
+    bom = Bom(
+        components=tops,
+        metadata=_tool_metadata(
+            scan_json, run_component, fleet, str(scan_json.get("finished_at") or "")
+        ),
+        vulnerabilities=vulns,
+        serial_number=uuid.uuid5(_NS, f"run\0{scan_json.get('started_at', '')}"),
+    )
+    bom.register_dependency(run_component, tops)
+    for image_c, graph in graphs:
+        bom.register_dependency(image_c, [os_c for os_c, _ in graph])
+        for os_c, pkgs in graph:
+            bom.register_dependency(os_c, pkgs)
+    return bom
+
+
+def _image_parts(
+    image: dict[str, Any], index: int
+) -> tuple[
+    Component, list[Component], list[Vulnerability], list[tuple[Component, list[Component]]]
+]:
+    """The image's component, its OS and package components, vulnerabilities, graph."""
+    source = str(image.get("source") or f"image-{index}")
+    meta_component = Component(
+        name=source,
+        type=ComponentType.FILE,
+        bom_ref=_ref("image", index),
+        properties=[Property(name="vmscan:status", value=str(image.get("status", "")))],
     )
     components: list[Component] = []
     vulns: list[Vulnerability] = []
@@ -180,17 +249,7 @@ def image_bom(
             if finding.get("check") != "patch":
                 continue
             vulns.append(_vulnerability(finding, by_name, os_ref, (index, r_idx, f_idx)))
-    bom = Bom(
-        components=components,
-        metadata=metadata,
-        vulnerabilities=vulns,
-        serial_number=uuid.uuid5(_NS, f"{source}\0{scan_json.get('started_at', '')}"),
-    )
-    # The image holds its OS roots; each OS holds its packages.
-    bom.register_dependency(meta_component, [os_c for os_c, _ in graph])
-    for os_c, pkgs in graph:
-        bom.register_dependency(os_c, pkgs)
-    return bom
+    return meta_component, components, vulns, graph
 
 
 def _vulnerability(
@@ -268,21 +327,12 @@ def boms(scan_json: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def write_cyclonedx(scan_json: dict[str, Any], out: IO[str]) -> None:
-    """One image: its BOM. Several: a JSON object {image source: BOM}."""
-    docs = boms(scan_json)
-    if len(docs) == 1:
-        out.write(docs[0][1])
-        out.write("\n")
-        return
-    keyed: dict[str, Any] = {}
-    for source, text in docs:
-        key = source
-        n = 2
-        while key in keyed:
-            key = f"{source}#{n}"
-            n += 1
-        keyed[key] = json.loads(text)
-    json.dump(keyed, out, indent=2, ensure_ascii=False)
+    """One image: its BOM. Several: one BOM of the run with each VM as a component."""
+    images = scan_json.get("images") or []
+    if len(images) == 1:
+        out.write(boms(scan_json)[0][1])
+    else:
+        out.write(bom_json(run_bom(scan_json)))
     out.write("\n")
 
 
