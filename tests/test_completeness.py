@@ -345,6 +345,38 @@ def test_corrupt_advisory_data_makes_the_patch_check_incomplete(tmp_path: Path) 
     assert _plugin(good, "patch").status == "succeeded" and good.status == ImageStatus.OK
 
 
+class _FaultyDiskFS(HostDirFS):
+    """A host tree whose package database cannot be read: the read raises what a broken
+    disk or a bug would (an error vmscan does not expect), not a VmscanError."""
+
+    def __init__(self, root: Path, bad: str, exc: Exception) -> None:
+        super().__init__(root)
+        self._bad, self._exc = bad, exc
+
+    def read_bytes(self, path: str, limit: int = 16 * 1024 * 1024) -> bytes:
+        if path == self._bad:
+            raise self._exc
+        return super().read_bytes(path, limit)
+
+
+@pytest.mark.parametrize(
+    "exc", [OSError(5, "Input/output error"), ValueError("parser bug")], ids=repr
+)
+def test_a_cataloger_that_raises_fails_and_the_image_is_partial(
+    tmp_path: Path, exc: Exception
+) -> None:
+    """The dpkg cataloger raising mid-read: it is ``failed`` with the reason, the patch
+    check does not report "0 vulnerable" for the root, the image is partial, exit 2."""
+    tree = _dpkg_tree(tmp_path / "g", GOOD_STATUS.encode())
+    fs = _FaultyDiskFS(tree, "/var/lib/dpkg/status", exc)
+    img = scan_tree(tree, DEBIAN, ("patch",), fs=fs)
+    dpkg = _plugin(img, "os/dpkg")
+    assert dpkg.status == "failed" and str(exc.args[-1]) in dpkg.reason
+    assert _plugin(img, "patch").status in ("partial", "failed")
+    assert img.status == ImageStatus.PARTIAL and exit_code(_doc(img), None) == 2
+    assert any("dpkg" in e for e in img.errors)
+
+
 def test_dead_clamd_address_counts_every_file_as_not_scanned(tmp_path: Path) -> None:
     tree = _dpkg_tree(tmp_path / "g", GOOD_STATUS.encode())
     for i in range(150):
