@@ -24,6 +24,8 @@ from vmscan import SCHEMA_VERSION, __version__, runctl
 from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
+from vmscan.report.formats import ReportFormat, choose_format
+from vmscan.report.table import write_table
 from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, now_iso, scan_sources
 
 log = logging.getLogger("vmscan")
@@ -72,8 +74,9 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--format",
-        default="json",
-        help="json (default), html, sarif, junit, cyclonedx, spdx, or csv (-o names a folder)",
+        default=None,
+        help="json, html, sarif, junit, cyclonedx, spdx, csv (-o names a folder) or table; "
+        "default: from -o's extension, else a table on a terminal and json otherwise",
     )
     p.add_argument("-o", "--output", help="write the report here (default: stdout)")
     p.add_argument("--manifest", action="store_true", help="include every file in the report")
@@ -184,26 +187,6 @@ def signatures_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "signatures"
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | None) -> Iterator[IO[str]]:
-    """stdout, or a file written to a temp name and renamed on success."""
-    if path is None or path == "-":
-        yield sys.stdout
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def summarize_incomplete(data: dict[str, Any], out: IO[str]) -> None:
     """One line per image that is not fully scanned, on stderr, whatever the log level."""
     for img in data.get("images") or []:
@@ -231,26 +214,10 @@ def _progress_bar(total: int, quiet: bool) -> Any:
     return tqdm(total=total, unit="image", desc="vmscan", file=sys.stderr)
 
 
-def _writers() -> dict[str, Any]:
-    try:
-        report = importlib.import_module("vmscan.report")
-    except ImportError:
-        return {}
-    return dict(getattr(report, "WRITERS", {}))
-
-
-def write_report(data: dict[str, Any], fmt: str, out: IO[str]) -> None:
-    """Serialise the canonical report dict in one of the registered formats."""
-    if fmt == "json":
-        json.dump(data, out, indent=2, ensure_ascii=False, sort_keys=False)
-        out.write("\n")
-        return
-    writers = _writers()
-    writer = writers.get(fmt)
-    if writer is None:
-        known = ", ".join(["json", *sorted(writers)])
-        raise UsageError(f"unknown report format {fmt!r} (known: {known})")
-    writer(data, out)
+def last_report_path() -> Path:
+    """Where the full JSON report of a scan shown as a table is kept (overwritten)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vmscan" / "last-scan.json"
 
 
 def finalize_report(result: ScanResult) -> dict[str, Any]:
@@ -277,10 +244,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
         parse_scope(args.av_scope)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    if args.format == "csv" and not args.output:
-        raise UsageError("--format csv writes several files: give a folder with -o")
-    if args.format not in ("json", "csv") and args.format not in _writers():
-        raise UsageError(f"unknown report format {args.format!r}")
+    if args.output == "-":
+        args.output = None
+    try:
+        fmt = choose_format(args.format, args.output, sys.stdout.isatty())
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if fmt.writes_folder and not args.output:
+        raise UsageError(f"--format {fmt.value} writes several files: give a folder with -o")
     plugin_options: dict[str, Any] = {
         "av_scope": args.av_scope,
         "signatures_dir": str(signatures_dir()),
@@ -351,14 +322,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     # The run is over: a signal now must not cut the report in half.
     with _signals_ignored():
         data = finalize_report(result)
-        if args.format == "csv":
-            from vmscan.report.csv_out import write_csv
-
-            for path in write_csv(data, Path(args.output)):
-                log.info("wrote %s", path)
+        output = args.output
+        if fmt is ReportFormat.TABLE and args.format is None:
+            # The default on a terminal: the table for the person, the whole report
+            # (every file, package and finding) kept for later in one known place.
+            output = str(last_report_path())
+            ReportFormat.JSON.write(data, output, sys.stdout)
+            write_table(data, sys.stdout, full_report=output)
         else:
-            with atomic_output(args.output) as out:
-                write_report(data, args.format, out)
+            for path in fmt.write(data, output, sys.stdout):
+                log.info("wrote %s", path)
+            if output and sys.stdout.isatty() and fmt is not ReportFormat.TABLE:
+                # On a terminal the summary comes too, and says where the full report went.
+                write_table(data, sys.stdout, full_report=output)
     for img in result.images:
         if img.status == ImageStatus.ERROR:
             log.error("%s: %s", img.source, "; ".join(img.errors) or "error")

@@ -1,29 +1,22 @@
-"""Report writers: each turns a run document (canonical result dict) into one format."""
+"""Report writers: each turns a run document (canonical result dict) into one format.
+
+:class:`~vmscan.report.formats.ReportFormat` names every format and gives its writer;
+:data:`WRITERS` maps the names of the stream formats to their writers (what the nightly
+job's ``formats`` setting and ``vmscan report`` accept).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import IO, Any
+from vmscan.report.formats import ReportFormat, StreamWriter
 
-from vmscan.report.cyclonedx import write_cyclonedx
-from vmscan.report.html import write_html
-from vmscan.report.json_out import write_json
-from vmscan.report.junit import write_junit
-from vmscan.report.sarif import write_sarif
-from vmscan.report.spdx import write_spdx
+Writer = StreamWriter
 
-Writer = Callable[[dict[str, Any], IO[str]], None]
-
-# Registry of single-stream writers by format name: explicit entries, no import side
-# effects. CSV writes a folder of files (vmscan.report.csv_out.write_csv), so it is not
-# a stream writer and is not listed here.
+#: Stream writers by format name (the terminal table and the CSV folder are not listed:
+#: the nightly job and ``vmscan report`` write files for machines and people to keep).
 WRITERS: dict[str, Writer] = {
-    "json": write_json,
-    "html": write_html,
-    "sarif": write_sarif,
-    "cyclonedx": write_cyclonedx,
-    "spdx": write_spdx,
-    "junit": write_junit,
+    fmt.value: writer
+    for fmt in ReportFormat
+    if fmt is not ReportFormat.TABLE and (writer := fmt.stream_writer) is not None
 }
 
-__all__ = ["WRITERS", "Writer"]
+__all__ = ["WRITERS", "ReportFormat", "Writer"]
