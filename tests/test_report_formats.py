@@ -172,3 +172,40 @@ def test_terminal_gets_a_table_and_the_full_report_is_kept(tmp_path: Path) -> No
         check=False,
     )
     assert json.loads(piped.stdout)["images"][0]["status"] == "error"
+
+
+def test_a_data_volume_finding_is_in_every_findings_format(tmp_path: Path) -> None:
+    """EICAR on a data disk (an image with no OS) and that volume's migration finding: every
+    format that lists findings shows them (JSON, HTML, SARIF, CSV, the table; JUnit, the
+    migration audit, its rule). SPDX and CycloneDX are inventories: they list packages."""
+    from vmscan.cli import finalize_report
+    from vmscan.model import Finding, ImageResult, ImageStatus, OSInfo, RootResult, ScanResult
+
+    vol = RootResult(device="/dev/sdb1", os=OSInfo(type="none"), mountpoints={"/": "/dev/sdb1"})
+    vol.findings.append(
+        Finding("antivirus", "Eicar-Test-Signature", "critical", "malware", "/data/eicar.com")
+    )
+    vol.findings.append(Finding("migration", "MIG-CAPACITY-LOW-FREE", "low", "full", "/dev/sdb1"))
+    vol.sections["migration"] = {
+        "verdict": "needs_work",
+        "facts": {"os_kind": "data"},
+        "rules_evaluated": ["MIG-CAPACITY-LOW-FREE"],
+        "rules_failed": {},
+        "notes": [],
+    }
+    img = ImageResult(source="/vms/data.qcow2", status=ImageStatus.NO_OS)
+    img.sections["data_volumes"] = [vol]
+    run = ScanResult("1.1", "0.1.0", "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z")
+    run.images = [img]
+    doc = finalize_report(run)
+    for fmt in (ReportFormat.JSON, ReportFormat.HTML, ReportFormat.SARIF, ReportFormat.TABLE):
+        buf = io.StringIO()
+        fmt.write(doc, None, buf)
+        assert "/data/eicar.com" in buf.getvalue(), fmt
+    paths = ReportFormat.CSV.write(doc, str(tmp_path / "csv"), io.StringIO())
+    findings_csv = next(p for p in paths if p.name == "findings.csv").read_text()
+    assert "/data/eicar.com" in findings_csv
+    buf = io.StringIO()
+    ReportFormat.JUNIT.write(doc, None, buf)
+    assert "MIG-CAPACITY-LOW-FREE" in buf.getvalue()
+    assert "no operating system found" not in buf.getvalue()

@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from vmscan.checks.migration import ALL_RULES, RULES_BY_ID
 from vmscan.completeness import incomplete_plugins
+from vmscan.diff import iter_roots
 from vmscan.model import SEVERITY_ORDER
 
 #: Findings below this severity do not fail their test case (shown in system-out).
@@ -139,7 +140,7 @@ def _completeness_cases(
 ) -> None:
     """An errored test case per check or cataloger that did not complete on a root: the
     audit above it may rest on an incomplete inventory, and a pipeline must not pass."""
-    roots = {str(r.get("device", "")): r for r in image.get("roots") or []}
+    roots = {str(r.get("device", "")): r for r in iter_roots(image)}
     for inc in incomplete_plugins(image):
         root = roots.get(inc.root)
         migration_section = (root.get("sections") or {}).get("migration") if root else None
@@ -183,12 +184,13 @@ def _suite(image: dict[str, Any]) -> tuple[ET.Element, _Counts]:
         err = ET.SubElement(case, "error", message=_clean(errors[0]), type="image-error")
         err.text = _clean("\n".join(str(e) for e in errors))
         counts.errors += 1
-    elif not image.get("roots"):
+    elif not iter_roots(image):
         case = _case(suite, counts, cls, "migration audit")
         ET.SubElement(case, "skipped", message="no operating system found in the image")
         counts.skipped += 1
     else:
-        for root in image["roots"]:
+        # OS roots and the data volumes of a disk with no OS (their rules count as much).
+        for root in iter_roots(image):
             _root_cases(suite, counts, source, root)
     _completeness_cases(suite, counts, source, image)
     counts.set_on(suite)
