@@ -574,3 +574,22 @@ def test_nightly_retries_an_image_whose_check_failed(tmp_path: Path) -> None:
     third = FakeScanner()
     assert run_nightly(cfg, scan_fn=third).skipped == 2 and third.opened == []
     assert "vmscan_nightly_checks_incomplete" in format_metrics(out2)
+
+
+def test_every_registered_plugin_reports_on_every_root(tmp_path: Path) -> None:
+    """Not applicable and not selected are ``skipped`` with the reason, each with its
+    VERSION; a skipped plugin never makes the image incomplete."""
+    from vmscan.registry import all_catalogers, all_checks
+
+    tree = _dpkg_tree(tmp_path / "g", GOOD_STATUS.encode())
+    img = scan_tree(tree, DEBIAN, ("patch",))
+    by_name = {p.name: p for p in img.roots[0].plugins}
+    assert set(by_name) == {c.NAME for c in (*all_catalogers(), *all_checks())}
+    assert by_name["os/dpkg"].status == "succeeded" and by_name["patch"].status == "succeeded"
+    assert by_name["antivirus"].status == "skipped"
+    assert by_name["antivirus"].reason == "not selected (--checks)"
+    others = [c.NAME for c in all_catalogers() if c.NAME != "os/dpkg"]
+    assert others and all(by_name[n].status == "skipped" for n in others)
+    assert all("not applicable" in by_name[n].reason for n in others)
+    assert all(p.version for p in img.roots[0].plugins)
+    assert img.status == ImageStatus.OK and exit_code(_doc(img), None) == 0

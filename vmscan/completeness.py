@@ -101,7 +101,7 @@ def join_notes(notes: Sequence[str], limit: int = REASON_LIMIT) -> str:
 
 
 def plugin_status(
-    name: str, notes: Sequence[str], error: BaseException | None = None
+    name: str, notes: Sequence[str], error: BaseException | None = None, version: str = ""
 ) -> PluginStatus:
     """The status of one plugin run: failed on *error*, partial on a gap note, else succeeded.
 
@@ -113,9 +113,14 @@ def plugin_status(
         why = str(error) or type(error).__name__
         # A note the error message already carries is said once.
         rest = [n for n in (*gaps, *infos) if n not in why]
-        return PluginStatus(name, PluginState.FAILED.value, join_notes([why, *rest]))
+        return PluginStatus(name, PluginState.FAILED.value, join_notes([why, *rest]), version)
     state = PluginState.PARTIAL if gaps else PluginState.SUCCEEDED
-    return PluginStatus(name, state.value, join_notes([*gaps, *infos]))
+    return PluginStatus(name, state.value, join_notes([*gaps, *infos]), version)
+
+
+def skipped(name: str, why: str, version: str = "") -> PluginStatus:
+    """A plugin that did not run on a root, and why (not applicable, not selected)."""
+    return PluginStatus(name, PluginState.SKIPPED.value, bound(why), version)
 
 
 # --------------------------------------------------------------------------------------

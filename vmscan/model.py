@@ -138,6 +138,7 @@ class PluginStatus:
     name: str
     status: str
     reason: str = ""
+    version: str = ""  # the plugin's VERSION (bumped when its behaviour changes)
 
 
 @dataclass

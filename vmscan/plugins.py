@@ -2,7 +2,7 @@
 
 Plugins are registered in explicit tuples (``ALL_CATALOGERS``, ``ALL_CHECKS`` in
 :mod:`vmscan.registry`), never by import side effects. ``NAME`` and ``VERSION`` go
-into cache keys and the report's plugin status list.
+into the report's plugin status list (bump ``VERSION`` when a plugin's behaviour changes).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vmscan import SCHEMA_VERSION, __version__, pool, runctl
-from vmscan.completeness import bound, finalize_image, plugin_status
+from vmscan.completeness import bound, finalize_image, plugin_status, skipped
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
@@ -181,27 +181,39 @@ def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
 
     One plugin never aborts the image: an exception makes it ``failed``, a gap note
     ``partial`` (see :mod:`vmscan.completeness`); the image status follows from them.
+    Every registered plugin reports on every root: one that did not run is ``skipped``
+    with the reason (its database is absent here, or the check was not selected).
     """
-    from vmscan.registry import catalogers_for, checks_for
+    from vmscan.registry import all_checks, catalogers_for
 
     for cat in catalogers_for(opts.checks):
         ctx.notes = []
         try:
             if not cat.applies(fs, ctx.root.os):
+                ctx.root.plugins.append(
+                    skipped(
+                        cat.NAME,
+                        "not applicable: its package database is not on this root",
+                        cat.VERSION,
+                    )
+                )
                 continue
             ctx.root.packages.extend(cat.catalog(fs, ctx))
-            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes))
+            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes, version=cat.VERSION))
         except Exception as e:  # one plugin never aborts the image
             log.debug("cataloger %s failed", cat.NAME, exc_info=True)
-            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes, e))
-    for check in checks_for(opts.checks):
+            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes, e, cat.VERSION))
+    for check in all_checks():
+        if check.NAME not in opts.checks:
+            ctx.root.plugins.append(skipped(check.NAME, "not selected (--checks)", check.VERSION))
+            continue
         ctx.notes = []
         try:
             ctx.root.findings.extend(check.run(fs, ctx))
-            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes))
+            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes, version=check.VERSION))
         except Exception as e:
             log.debug("check %s failed", check.NAME, exc_info=True)
-            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes, e))
+            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes, e, check.VERSION))
 
 
 def _scan_mounted(
