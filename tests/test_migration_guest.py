@@ -84,7 +84,12 @@ def test_boot_arch_kernel_capacity(debian: dict[str, Any]) -> None:
         assert by_mp[mp]["used"] > 0
     assert [s["address"] for s in facts["static_ip"]] == [spec.STATIC_IP]
     assert section["verdict"] == "needs_work"
-    assert {"name": "migration", "status": "succeeded", "reason": ""} in _root(debian)["plugins"]
+    (mig,) = [p for p in _root(debian)["plugins"] if p["name"] == "migration"]
+    assert (mig["status"], mig["reason"], mig["version"]) == (
+        "succeeded",
+        "",
+        MigrationCheck.VERSION,
+    )
 
 
 def test_junit_from_the_scan(debian: dict[str, Any]) -> None:
