@@ -42,7 +42,7 @@ from vmscan.checks.migration_parse import (
     pe_header_offset,
     scan_initramfs,
 )
-from vmscan.errors import VmscanError
+from vmscan.errors import GuestError, VmscanError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import SEVERITY_ORDER, Finding, Severity
 from vmscan.plugins import Check, ScanContext
@@ -1773,7 +1773,7 @@ def _windows_state(r: _Run) -> None:
 
             try:
                 flags = ntfs_volume_flags(read)
-            except RuntimeError as e:
+            except GuestError as e:
                 dirty[dev] = f"unreadable: {e}"
                 continue
             dirty[dev] = None if flags is None else bool(flags & 0x0001)
