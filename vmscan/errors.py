@@ -1,4 +1,11 @@
-"""vmscan's own exceptions; libguestfs RuntimeError is translated at one boundary."""
+"""vmscan's own exceptions; libguestfs RuntimeError is translated at one boundary.
+
+That boundary is :mod:`vmscan.guestcall` (used by the guest-access modules
+``session``, ``guestfs_view``, ``guestindex`` and ``hive``): a libguestfs failure becomes
+:class:`GuestNotFoundError` only when libguestfs itself said ENOENT/ENOTDIR, and
+:class:`GuestBackendError` otherwise. ``scripts/check_runtime_error.py`` (run by
+``make lint``) fails when ``RuntimeError`` is caught anywhere else in ``vmscan/``.
+"""
 
 
 class VmscanError(Exception):
@@ -27,3 +34,27 @@ class TooLargeError(GuestReadError):
 
 class ImageTimeoutError(ImageError):
     """The per-image time limit ran out."""
+
+
+class GuestError(VmscanError):
+    """A libguestfs call failed; ``errno`` is what libguestfs reported (0: none)."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class GuestNotFoundError(GuestError):
+    """Proven absence: libguestfs answered ENOENT or ENOTDIR for the path."""
+
+
+class GuestBackendError(GuestError):
+    """A libguestfs failure that is not a proven absence (I/O error, dead appliance...).
+
+    It makes the plugin that met it ``failed`` and its image ``partial``; it is never
+    read as "the file is not there".
+    """
+
+
+class ApplianceDiedError(GuestBackendError):
+    """The appliance no longer answers (qemu killed, handle closed): nothing more can be read."""

@@ -9,6 +9,7 @@ size limit because guest content may be hostile.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import stat as statmod
@@ -18,7 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmscan.errors import GuestReadError, TooLargeError
+from vmscan.errors import (
+    ApplianceDiedError,
+    GuestBackendError,
+    GuestError,
+    GuestNotFoundError,
+    GuestReadError,
+    TooLargeError,
+    VmscanError,
+)
+from vmscan.guestcall import as_handle
 
 #: Default cap for config-like files read from the guest.
 DEFAULT_READ_LIMIT = 16 * 1024 * 1024
@@ -208,15 +218,21 @@ class HostDirFS:
 
 
 class LibguestfsFS:
-    """A root mounted read-only in a libguestfs appliance."""
+    """A root mounted read-only in a libguestfs appliance.
+
+    "Absent" (None, False, ``[]``) is answered only when libguestfs said so: an explicit
+    ``exists``/``is_file``/``is_dir`` answer, or a failure whose errno is ENOENT/ENOTDIR
+    (:class:`~vmscan.errors.GuestNotFoundError`). Any other failure raises
+    :class:`~vmscan.errors.GuestBackendError` (reads of a live appliance: GuestReadError).
+    """
 
     def __init__(self, g: Any) -> None:
-        self.g = g
+        self.g = as_handle(g)
 
     def lstat(self, path: str) -> Stat | None:
         try:
             st = self.g.lstatns(path)
-        except RuntimeError:
+        except GuestNotFoundError:
             return None
         return Stat(
             st["st_mode"],
@@ -228,34 +244,31 @@ class LibguestfsFS:
         )
 
     def exists(self, path: str) -> bool:
-        try:
-            return bool(self.g.exists(path))
-        except RuntimeError:
-            return False
+        return bool(self.g.exists(path))
 
     def is_file(self, path: str) -> bool:
-        try:
-            return bool(self.g.is_file(path, followsymlinks=True))
-        except RuntimeError:
-            return False
+        return bool(self.g.is_file(path, followsymlinks=True))
 
     def is_dir(self, path: str) -> bool:
-        try:
-            return bool(self.g.is_dir(path, followsymlinks=True))
-        except RuntimeError:
-            return False
+        return bool(self.g.is_dir(path, followsymlinks=True))
 
     def listdir(self, path: str) -> list[str]:
         try:
             return sorted(self.g.ls(path))
-        except RuntimeError:
+        except GuestNotFoundError:
             return []
+
+    def _read_error(self, path: str, e: GuestError) -> VmscanError:
+        # A dead appliance is not an unreadable file: callers must not skip over it.
+        if isinstance(e, ApplianceDiedError):
+            return e
+        return GuestReadError(f"{path}: {e}")
 
     def _size(self, path: str) -> int:
         try:
             st = self.g.statns(path)
-        except RuntimeError as e:
-            raise GuestReadError(f"{path}: {e}") from e
+        except GuestError as e:
+            raise self._read_error(path, e) from e
         if not statmod.S_ISREG(st["st_mode"]):
             raise GuestReadError(f"{path}: not a regular file")
         return int(st["st_size"])
@@ -269,8 +282,8 @@ class LibguestfsFS:
         if size < 2 * 1024 * 1024:
             try:
                 data: bytes = self.g.read_file(path)
-            except RuntimeError as e:
-                raise GuestReadError(f"{path}: {e}") from e
+            except GuestError as e:
+                raise self._read_error(path, e) from e
             return data[:limit]
         with self.materialize(path, limit) as host:
             return host.read_bytes()
@@ -278,21 +291,23 @@ class LibguestfsFS:
     def read_head(self, path: str, size: int) -> bytes:
         try:
             data: bytes = self.g.pread(path, size, 0)
-        except RuntimeError as e:
-            raise GuestReadError(f"{path}: {e}") from e
+        except GuestError as e:
+            raise self._read_error(path, e) from e
         return data
 
     def readlink(self, path: str) -> str | None:
         try:
             return str(self.g.readlink(path))
-        except RuntimeError:
+        except GuestNotFoundError:
             return None
+        except GuestBackendError as e:
+            if e.errno == errno.EINVAL:  # the daemon says: not a symlink
+                return None
+            raise
 
     def glob(self, pattern: str) -> list[str]:
-        try:
-            return sorted(p.rstrip("/") or "/" for p in self.g.glob_expand(pattern))
-        except RuntimeError:
-            return []
+        # glob_expand answers [] for no match; a failure is not "no match".
+        return sorted(p.rstrip("/") or "/" for p in self.g.glob_expand(pattern))
 
     @contextlib.contextmanager
     def materialize(self, path: str, limit: int) -> Iterator[Path]:
@@ -303,8 +318,8 @@ class LibguestfsFS:
             out = Path(tmp) / "file"
             try:
                 self.g.download(path, str(out))
-            except RuntimeError as e:
-                raise GuestReadError(f"{path}: {e}") from e
+            except GuestError as e:
+                raise self._read_error(path, e) from e
             # The file may have been larger than its stat said (it cannot change on a
             # read-only appliance, but be strict anyway).
             if out.stat().st_size > limit:
@@ -320,7 +335,7 @@ class LibguestfsFS:
     def statvfs(self, path: str) -> dict[str, int] | None:
         try:
             st = self.g.statvfs(path)
-        except RuntimeError:
+        except GuestNotFoundError:
             return None
         return {
             "bsize": st["frsize"],

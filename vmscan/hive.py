@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vmscan.errors import GuestReadError
+from vmscan.errors import ApplianceDiedError, GuestError, GuestReadError
+from vmscan.guestcall import as_handle
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,31 @@ class GuestHive:
     """
 
     def __init__(self, g: Any, path: str) -> None:
-        self.g = g
+        self.g = as_handle(g)
         self.path = path
+        # Keyed by the raw handle: several wrappers may share one appliance.
+        self._key = id(self.g.raw)
         with _OPEN_LOCK:
-            if id(g) in _OPEN_HANDLES:
+            if self._key in _OPEN_HANDLES:
                 raise HiveError(f"{path}: another hive is already open on this handle")
-            _OPEN_HANDLES.add(id(g))
+            _OPEN_HANDLES.add(self._key)
         try:
-            g.hivex_open(path, write=False)
-            self._root = int(g.hivex_root())
-        except RuntimeError as e:
+            self.g.hivex_open(path, write=False)
+            self._root = int(self.g.hivex_root())
+        except GuestError as e:
             with _OPEN_LOCK:
-                _OPEN_HANDLES.discard(id(g))
-            with contextlib.suppress(RuntimeError):
-                g.hivex_close()
-            raise HiveError(f"{path}: cannot open hive: {e}") from e
+                _OPEN_HANDLES.discard(self._key)
+            with contextlib.suppress(GuestError):
+                self.g.hivex_close()
+            raise self._error(f"{path}: cannot open hive", e) from e
         self._open = True
+
+    @staticmethod
+    def _error(what: str, e: GuestError) -> GuestError | HiveError:
+        # A dead appliance is not a damaged hive.
+        if isinstance(e, ApplianceDiedError):
+            return e
+        return HiveError(f"{what}: {e}")
 
     def __enter__(self) -> GuestHive:
         return self
@@ -81,8 +91,8 @@ class GuestHive:
     def child(self, node: int, name: str) -> int | None:
         try:
             h = int(self.g.hivex_node_get_child(node, name))
-        except RuntimeError as e:
-            raise HiveError(f"{self.path}: {e}") from e
+        except GuestError as e:
+            raise self._error(self.path, e) from e
         return h or None
 
     def children(self, node: int) -> list[tuple[str, int]]:
@@ -92,8 +102,8 @@ class GuestHive:
                 h = int(c["hivex_node_h"])
                 out.append((str(self.g.hivex_node_name(h)), h))
             return out
-        except RuntimeError as e:
-            raise HiveError(f"{self.path}: {e}") from e
+        except GuestError as e:
+            raise self._error(self.path, e) from e
 
     def values(self, node: int) -> dict[str, tuple[int, bytes]]:
         try:
@@ -105,8 +115,8 @@ class GuestHive:
                 data: bytes = self.g.hivex_value_value(h)
                 out[key] = (typ, data[:VALUE_LIMIT])
             return out
-        except RuntimeError as e:
-            raise HiveError(f"{self.path}: {e}") from e
+        except GuestError as e:
+            raise self._error(self.path, e) from e
 
     def close(self) -> None:
         if not getattr(self, "_open", False):
@@ -114,11 +124,11 @@ class GuestHive:
         self._open = False
         try:
             self.g.hivex_close()
-        except RuntimeError as e:
+        except GuestError as e:
             log.debug("hivex_close: %s", e)
         finally:
             with _OPEN_LOCK:
-                _OPEN_HANDLES.discard(id(self.g))
+                _OPEN_HANDLES.discard(self._key)
 
 
 class HostHive:

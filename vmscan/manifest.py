@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vmscan.errors import GuestError
 from vmscan.model import FileEntry
 from vmscan.pathenc import encode_path, needs_escape
 
@@ -162,7 +163,7 @@ def build_manifest(
         sums_ok = True
         try:
             g.checksums_out("sha256", "/", sums_path)
-        except RuntimeError as e:
+        except GuestError as e:
             # One unreadable file makes sha256sum fail and the daemon cancel the
             # transfer; keep what arrived and hash the rest one by one below.
             sums_ok = False
@@ -200,7 +201,7 @@ def build_manifest(
             strs = [b.decode("utf-8") for b in batch]
             try:
                 stats = g.lstatnslist(dir_str, strs)
-            except RuntimeError as e:
+            except GuestError as e:
                 problems.append(f"{dir_str}: cannot stat entries: {e}")
                 continue
             for base, st in zip(batch, stats, strict=False):
@@ -213,7 +214,7 @@ def build_manifest(
                 if digest is None:
                     try:
                         digest = str(g.checksum("sha256", gpath))
-                    except RuntimeError as e:
+                    except GuestError as e:
                         error = f"unreadable: {e}"
                         problems.append(f"{gpath}: {error}")
                 entries.append(

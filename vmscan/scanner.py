@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from vmscan import SCHEMA_VERSION, __version__, pool, runctl
-from vmscan.completeness import bound, finalize_image, plugin_status, skipped
+from vmscan.completeness import PluginState, bound, finalize_image, plugin_status, skipped
 from vmscan.disk import resolve_source
-from vmscan.errors import ImageError, VmscanError
+from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
 from vmscan.manifest import build_manifest
 from vmscan.model import (
@@ -33,6 +33,7 @@ from vmscan.model import (
     ImageResult,
     ImageStatus,
     OSInfo,
+    PluginStatus,
     RootResult,
     ScanResult,
 )
@@ -120,7 +121,7 @@ def _inspect_root(g: Any, root: str) -> OSInfo:
     def get(fn: str, default: Any) -> Any:
         try:
             return getattr(g, fn)(root)
-        except RuntimeError:
+        except GuestError:
             return default
 
     return OSInfo(
@@ -162,58 +163,105 @@ def _image_facts(g: Any) -> dict[str, Any]:
         for dev in facts["disks"]:
             try:
                 facts["partition_tables"][dev] = g.part_get_parttype(dev)
-            except RuntimeError:
+            except GuestError:
                 facts["partition_tables"][dev] = None
         facts["lvs"] = list(g.lvs())
         for dev, fstype in sorted(g.list_filesystems().items()):
             entry = {"device": dev, "type": fstype, "uuid": "", "label": ""}
             for key, fn in (("uuid", "vfs_uuid"), ("label", "vfs_label")):
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(GuestError):
                     entry[key] = getattr(g, fn)(dev)
             facts["filesystems"].append(entry)
-    except RuntimeError as e:
+    except ApplianceDiedError:
+        raise
+    except GuestError as e:
         log.warning("image facts: %s", e)
     return facts
 
 
-def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
+def _died(name: str, why: str, version: str = "") -> PluginStatus:
+    return PluginStatus(name, PluginState.FAILED.value, bound(why), version)
+
+
+def _no_appliance() -> bool:
+    """``alive`` of a view with no appliance behind it (a host folder)."""
+    return True
+
+
+def _run_plugins(
+    fs: Any, ctx: ScanContext, opts: ScanOptions, alive: Callable[[], bool] = _no_appliance
+) -> None:
     """Every cataloger, then the selected checks; each one's status from what it said.
 
     One plugin never aborts the image: an exception makes it ``failed``, a gap note
     ``partial`` (see :mod:`vmscan.completeness`); the image status follows from them.
     Every registered plugin reports on every root: one that did not run is ``skipped``
     with the reason (its database is absent here, or the check was not selected).
+    The appliance is checked before the first plugin and after each (``alive``, one ping):
+    once it is dead the remaining plugins are ``failed`` without being run, and what the
+    plugin that was running returned is dropped, since a plugin that catches broadly
+    could have read "absent" into a failure to look.
     """
     from vmscan.registry import all_checks, catalogers_for
 
+    # Each runner returns False when its plugin does not apply (then it is skipped).
+    plugins: list[tuple[str, str, Callable[[], bool]]] = []
     for cat in catalogers_for(opts.checks):
-        ctx.notes = []
-        try:
+
+        def run_cat(cat: Any = cat) -> bool:
             if not cat.applies(fs, ctx.root.os):
-                ctx.root.plugins.append(
-                    skipped(
-                        cat.NAME,
-                        "not applicable: its package database is not on this root",
-                        cat.VERSION,
-                    )
-                )
-                continue
+                return False
             ctx.root.packages.extend(cat.catalog(fs, ctx))
-            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes, version=cat.VERSION))
-        except Exception as e:  # one plugin never aborts the image
-            log.debug("cataloger %s failed", cat.NAME, exc_info=True)
-            ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes, e, cat.VERSION))
+            return True
+
+        plugins.append((cat.NAME, cat.VERSION, run_cat))
+    not_selected = []
     for check in all_checks():
         if check.NAME not in opts.checks:
-            ctx.root.plugins.append(skipped(check.NAME, "not selected (--checks)", check.VERSION))
+            not_selected.append(skipped(check.NAME, "not selected (--checks)", check.VERSION))
+            continue
+
+        def run_check(check: Any = check) -> bool:
+            ctx.root.findings.extend(check.run(fs, ctx))
+            return True
+
+        plugins.append((check.NAME, check.VERSION, run_check))
+    # The check after one plugin is the check before the next: one ping per plugin.
+    dead = None if alive() else "not run: the appliance died before the plugins ran"
+    for name, version, run in plugins:
+        if dead is not None:
+            ctx.root.plugins.append(_died(name, dead, version))
             continue
         ctx.notes = []
+        sections = dict(ctx.root.sections)
+        npkgs, nfind = len(ctx.root.packages), len(ctx.root.findings)
+        error: Exception | None = None
+        ran = True
         try:
-            ctx.root.findings.extend(check.run(fs, ctx))
-            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes, version=check.VERSION))
-        except Exception as e:
-            log.debug("check %s failed", check.NAME, exc_info=True)
-            ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes, e, check.VERSION))
+            ran = run()
+        except Exception as e:  # one plugin never aborts the image
+            log.debug("plugin %s failed", name, exc_info=True)
+            error = e
+        if isinstance(error, ApplianceDiedError) or not alive():
+            # Nothing this plugin produced can be trusted: drop it.
+            del ctx.root.packages[npkgs:]
+            del ctx.root.findings[nfind:]
+            ctx.root.sections.clear()
+            ctx.root.sections.update(sections)
+            why = f"the appliance died during this plugin: {error}" if error else ""
+            ctx.root.plugins.append(
+                _died(name, why or "the appliance died during this plugin", version)
+            )
+            dead = "not run: the appliance died during an earlier plugin"
+            continue
+        if error is not None:
+            ctx.root.plugins.append(plugin_status(name, ctx.notes, error, version))
+        elif ran:
+            ctx.root.plugins.append(plugin_status(name, ctx.notes, version=version))
+        else:
+            why = "not applicable: its package database is not on this root"
+            ctx.root.plugins.append(skipped(name, why, version))
+    ctx.root.plugins.extend(not_selected)
 
 
 def _scan_mounted(
@@ -225,7 +273,8 @@ def _scan_mounted(
     facts: dict[str, Any],
     fs_by_dev: dict[str, Filesystem],
 ) -> None:
-    g = sess.g
+    g = sess.h
+    assert g is not None
     entries, problems = build_manifest(g, mounts, progress=_file_progress)
     for p in problems[:50]:
         result.errors.append(p)
@@ -239,7 +288,7 @@ def _scan_mounted(
     for mp_, dev in mounts:
         fsr = fs_by_dev.get(dev)
         st = None
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(GuestError):
             st = g.statvfs(mp_)
         if fsr is not None and st:
             fsr.size = st["frsize"] * st["blocks"]
@@ -254,7 +303,7 @@ def _scan_mounted(
         handle=g,
     )
     ctx.options.setdefault("state_db", opts.state_db)
-    _run_plugins(LibguestfsFS(g), ctx, opts)
+    _run_plugins(LibguestfsFS(g), ctx, opts, sess.alive)
 
 
 def scan_image(label: str, opts: ScanOptions) -> ImageResult:
@@ -267,8 +316,14 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
         result.disks = list(src.disks)
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
-            _appliance_started(sess.g)
-            _scan_session(sess, result, opts)
+            _appliance_started(sess.h)
+            try:
+                _scan_session(sess, result, opts)
+            except ApplianceDiedError as e:
+                # Outside a plugin (facts, inspection, mounting, the manifest): what was
+                # scanned so far stays, the rest is said to be missing.
+                result.errors.append(f"the appliance died; the rest was not scanned: {e}")
+                result.status = ImageStatus.PARTIAL
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
     except ImageError as e:
@@ -286,7 +341,8 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
 
 
 def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) -> None:
-    g = sess.g
+    g = sess.h
+    assert g is not None
     facts = _image_facts(g)
     fs_by_dev: dict[str, Filesystem] = {}
     for f in facts["filesystems"]:
@@ -297,7 +353,9 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
     result.sections["image_facts"] = facts
     try:
         roots = list(g.inspect_os())
-    except RuntimeError as e:
+    except ApplianceDiedError:
+        raise
+    except GuestError as e:
         result.errors.append(f"inspection failed: {e}")
         roots = []
     partial = False
@@ -305,7 +363,9 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
         os_info = _inspect_root(g, root_dev)
         try:
             mps: dict[str, str] = dict(g.inspect_get_mountpoints(root_dev))
-        except RuntimeError:
+        except ApplianceDiedError:
+            raise
+        except GuestError:
             mps = {"/": root_dev}
         root = RootResult(device=root_dev, os=os_info, mountpoints=mps)
         mounted: list[tuple[str, str]] = []
@@ -484,7 +544,7 @@ def _appliance_started(g: Any) -> None:
     """Report the socket folder named on qemu's command line (if the watch missed it)."""
     if _sockwatch is None:
         return
-    with contextlib.suppress(RuntimeError, AttributeError):
+    with contextlib.suppress(GuestError, AttributeError):
         _sockwatch.note(runctl.qemu_sockdirs(int(g.get_pid())))
     # The folder exists by now and is known: no need to keep reading /proc for hours.
     _sockwatch.stop()

@@ -1,7 +1,8 @@
 """GuestSession: one read-only libguestfs appliance over the disks of one VM.
 
-This is the one place that touches the libguestfs handle's lifecycle and turns its
-``RuntimeError`` into :class:`vmscan.errors.ImageError`.
+This is the one place that touches the libguestfs handle's lifecycle and turns a failed
+launch into :class:`vmscan.errors.ImageError`. Everything else reaches the appliance
+through :attr:`GuestSession.h`, the translating :class:`vmscan.guestcall.GuestHandle`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 from types import TracebackType
 from typing import Any
 
-from vmscan.errors import ImageError
+from vmscan.errors import GuestError, ImageError
+from vmscan.guestcall import GuestHandle
 from vmscan.model import DiskRef
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class GuestSession:
         self.memsize = memsize
         self.accel = accel
         self.g: Any = None
+        # The handle every caller uses: libguestfs errors arrive translated.
+        self.h: GuestHandle | None = None
 
     def __enter__(self) -> GuestSession:
         try:
@@ -68,6 +72,7 @@ class GuestSession:
             g.close()
             raise ImageError(f"the appliance could not open the image: {_clean_error(e)}") from e
         self.g = g
+        self.h = GuestHandle(g)
         return self
 
     def __exit__(
@@ -84,17 +89,29 @@ class GuestSession:
                 pass
             self.g.close()
             self.g = None
+            self.h = None
+
+    def alive(self) -> bool:
+        """True while the appliance answers (see :meth:`GuestHandle.alive`)."""
+        return self.h is not None and self.h.alive()
 
     def mount_ro(self, device: str, mountpoint: str) -> str | None:
-        """Mount read-only; None on success, else the error text."""
+        """Mount read-only; None on success, else the error text.
+
+        A dead appliance is no "cannot mount": it raises ApplianceDiedError.
+        """
+        assert self.h is not None
         try:
-            self.g.mount_ro(device, mountpoint)
-        except RuntimeError as e:
+            self.h.mount_ro(device, mountpoint)
+        except GuestError as e:
+            if not self.h.alive():
+                raise
             return _clean_error(e)
         return None
 
     def umount_all(self) -> None:
+        assert self.h is not None
         try:
-            self.g.umount_all()
-        except RuntimeError as e:
+            self.h.umount_all()
+        except GuestError as e:
             log.warning("umount_all: %s", e)

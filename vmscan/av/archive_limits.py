@@ -70,7 +70,7 @@ def _zip_exceeds(fh: IO[bytes], b: _Budget, depth: int) -> str | None:
                 except (
                     zipfile.BadZipFile,
                     NotImplementedError,
-                    RuntimeError,
+                    RuntimeError,  # not-libguestfs: zipfile, for an encrypted member
                     OSError,
                     zlib.error,
                     EOFError,

@@ -46,7 +46,7 @@ from vmscan.av.clamd_manager import ClamdLimits
 from vmscan.av.magic import HEAD_SIZE, classify, in_scope
 from vmscan.av.paths import decode_path, encode_path, tar_exclude_pattern
 from vmscan.av.signatures import HashSignature, match_hash, normalize_name
-from vmscan.errors import GuestReadError
+from vmscan.errors import GuestError, GuestReadError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import FileEntry
 from vmscan.pe import MAX_PE_SIZE, PEInfo, is_pe, pe_info
@@ -240,7 +240,7 @@ def build_excludes(
 
 #: What one guest read may raise: a name the libguestfs binding cannot pass (not UTF-8)
 #: raises UnicodeEncodeError, a ValueError; one bad file never stops the scan.
-_READ_ERRORS = (GuestReadError, ValueError, RuntimeError, OSError)
+_READ_ERRORS = (GuestReadError, ValueError, GuestError, OSError)
 
 
 def _read(fs: GuestFS, path: str, limit: int) -> bytes:
@@ -274,7 +274,7 @@ class _TarSource:
     def _produce(self) -> None:
         try:
             self.handle.tar_out("/", self.fifo, excludes=self.excludes or None, numericowner=True)
-        except RuntimeError as e:
+        except GuestError as e:
             self.error = str(e)
         finally:
             # Wake a reader that is still waiting in open() (tar_out failed early).

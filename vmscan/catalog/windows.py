@@ -235,10 +235,10 @@ class WindowsCataloger(Cataloger):
             return []
         try:
             hive = fs.open_hive(software)
-        except (GuestReadError, RuntimeError) as e:
-            # RuntimeError: a hivex failure that escaped the hive wrapper.
+        except GuestReadError as e:
+            # A dead appliance (ApplianceDiedError) is no damaged hive: it propagates.
             why = damaged_message(software, str(e))
-            if isinstance(e, (HiveError, RuntimeError)):  # the file is there, not a hive
+            if isinstance(e, HiveError):  # the file is there, not a hive
                 record_broken_db(ctx.root, NAME, software, why, usable=False)
             raise VmscanError(why) from e
         try:
@@ -266,7 +266,7 @@ class WindowsCataloger(Cataloger):
         if system is not None:
             try:
                 shive = fs.open_hive(system)
-            except (GuestReadError, RuntimeError) as e:
+            except GuestReadError as e:
                 ctx.notes.append(
                     f"{system}: SYSTEM hive damaged or unreadable ({e}): hostname "
                     "and product type unknown"

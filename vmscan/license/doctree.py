@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vmscan.completeness import info
-from vmscan.errors import GuestReadError, TooLargeError
+from vmscan.errors import GuestError, GuestReadError, TooLargeError
 from vmscan.guestfs_view import DEFAULT_READ_LIMIT, GuestFS, Hive, Stat
 from vmscan.model import FileEntry
 
@@ -187,7 +187,7 @@ def prefetched_docs(
             if tar_path.stat().st_size > MAX_TREE_BYTES + 64 * 1024 * 1024:
                 raise GuestReadError("doc tree larger than the manifest said")
             view = DocTreeFS.from_tar(tar_path, fs)
-        except (RuntimeError, OSError, tarfile.TarError, GuestReadError) as e:
+        except (GuestError, OSError, tarfile.TarError, GuestReadError) as e:
             # The fallback reads every file itself: slower, not less complete.
             notes.append(
                 info(f"{DOC_ROOT} bulk read failed ({e}): copyright files read one by one")

@@ -23,7 +23,7 @@ from vmscan.checks.migration.rules import (
     WIN_NTFS_DIRTY,
     WIN_PENDING_REBOOT,
 )
-from vmscan.errors import VmscanError
+from vmscan.errors import GuestError, VmscanError
 from vmscan.model import Severity
 
 
@@ -126,7 +126,7 @@ def windows_state(r: Run) -> None:
 
             try:
                 flags = ntfs_volume_flags(read)
-            except RuntimeError as e:
+            except GuestError as e:
                 dirty[dev] = f"unreadable: {e}"
                 continue
             dirty[dev] = None if flags is None else bool(flags & 0x0001)
