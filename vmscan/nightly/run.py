@@ -1,0 +1,429 @@
+"""One night: lock, plan, scan what changed, store per image, reports, retention."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmscan import __version__
+from vmscan.completeness import (
+    EXIT_IMAGE_ERROR,
+    EXIT_OK,
+    exit_code,
+    finalize_image_dict,
+    incomplete_plugins,
+)
+from vmscan.errors import VmscanError
+from vmscan.model import ImageResult, ScanResult, to_jsonable
+from vmscan.nightly.config import NightlyConfig
+from vmscan.nightly.digests import data_digests, default_signatures_dir
+from vmscan.nightly.discovery import discover
+from vmscan.nightly.identity import source_identity
+from vmscan.nightly.merge import (
+    _error_result,
+    _merge_partial,
+    build_report_document,
+    offline_recheck,
+    summarize,
+)
+from vmscan.nightly.metrics import write_metrics
+from vmscan.nightly.plan import PlanItem, plan, waves
+from vmscan.state import RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, StateDB, utcnow
+
+log = logging.getLogger(__name__)
+
+ScanFn = Callable[..., ScanResult]
+
+
+class BusyError(VmscanError):
+    """Another nightly job holds the state database's lock."""
+
+
+# --------------------------------------------------------------------------------------
+# The night
+
+
+@dataclass
+class NightlyOutcome:
+    """What a nightly run did."""
+
+    run_id: int | None
+    exit_code: int
+    plan: list[PlanItem]
+    scanned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    partial_rescans: int = 0
+    duration_s: float = 0.0
+    reports: list[Path] = field(default_factory=list)
+    findings_by_severity: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    expired_runs: list[int] = field(default_factory=list)
+    error: str = ""
+    # Plugins that did not complete in this run's results, by name; images concerned.
+    checks_incomplete: dict[str, int] = field(default_factory=dict)
+    images_incomplete: int = 0
+
+
+@contextlib.contextmanager
+def run_lock(db_path: Path) -> Iterator[None]:
+    """One nightly per state database at a time (flock on ``<db>.lock``)."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise BusyError(
+                f"another vmscan nightly is running with {db_path} (lock {lock_path})"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
+    """Options handed to catalogers and checks (as ``vmscan scan`` builds them)."""
+    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
+    options: dict[str, Any] = {"av_scope": cfg.av_scope, "signatures_dir": str(sig_dir)}
+    if cfg.clamd:
+        options["clamd"] = cfg.clamd
+    if cfg.license_policy:
+        options["license_policy"] = cfg.license_policy
+    if "patch" in cfg.checks:
+        # Compile the advisory index once; workers open it read-only by this path.
+        with contextlib.suppress(ImportError, OSError, ValueError, VmscanError):
+            from vmscan.advisories import prepare
+
+            prepare(options)
+    return options
+
+
+def make_scan_options(cfg: NightlyConfig, checks: tuple[str, ...], jobs: int) -> Any:
+    """The scanner's ScanOptions for this config (only the fields it knows)."""
+    from vmscan.scanner import ScanOptions
+
+    plugin_options_ = plugin_options(cfg)
+    wanted: dict[str, Any] = {
+        "jobs": jobs,
+        "memsize": cfg.memsize,
+        "timeout": cfg.timeout,
+        "accel": cfg.accel,
+        "manifest": cfg.manifest,
+        "checks": checks,
+        "fail_on": cfg.fail_on,
+        "allow_backing": cfg.allow_backing,
+        "disk_format": cfg.disk_format,
+        "state_db": str(cfg.state_db),
+        "quiet": True,
+        "plugin_options": plugin_options_,
+    }
+    names = {f.name for f in dataclasses.fields(ScanOptions)}
+    return ScanOptions(**{k: v for k, v in wanted.items() if k in names})
+
+
+def _default_scan_fn() -> ScanFn:
+    from vmscan.scanner import scan_sources
+
+    return scan_sources
+
+
+@contextlib.contextmanager
+def _services(opts: Any) -> Iterator[None]:
+    """vmscan's own clamd for the run, as ``vmscan scan`` does (when the CLI offers it)."""
+    try:
+        from vmscan.cli import _managed_services
+    except ImportError:
+        yield
+        return
+    with _managed_services(opts):
+        yield
+
+
+def run_nightly(
+    cfg: NightlyConfig,
+    *,
+    scan_fn: ScanFn | None = None,
+    metrics_path: str | os.PathLike[str] | None = None,
+    manage_services: bool | None = None,
+) -> NightlyOutcome:
+    """One night: plan, scan what changed, store per image, report, expire, metrics."""
+    t0 = time.monotonic()
+    real_scanner = scan_fn is None
+    # Looked up on the package: the seam a test replaces in a child process
+    # (``vmscan.nightly._default_scan_fn = ...``) before calling the CLI.
+    import vmscan.nightly as package
+
+    scan = scan_fn or package._default_scan_fn()
+    if manage_services is None:
+        manage_services = real_scanner
+    discovery = discover(cfg)
+    for w in discovery.warnings:
+        log.warning("%s", w)
+    outcome = NightlyOutcome(
+        run_id=None, exit_code=EXIT_OK, plan=[], warnings=list(discovery.warnings)
+    )
+    digests = data_digests(cfg)
+    try:
+        with run_lock(cfg.state_db), StateDB(cfg.state_db) as db:
+            for rid in db.recovered:
+                outcome.warnings.append(
+                    f"run {rid} had been interrupted; its finished images are reused"
+                )
+            items = plan(cfg, discovery.sources, db, digests)
+            outcome.plan = items
+            run_id = db.begin_run(
+                config_digest=cfg.digest(),
+                vmscan_version=__version__,
+                checks=cfg.checks,
+                digests=digests,
+            )
+            outcome.run_id = run_id
+            log.info(
+                "run %d: %d source(s): %s",
+                run_id,
+                len(items),
+                dict(Counter(i.action for i in items)),
+            )
+            try:
+                _execute(cfg, db, run_id, items, digests, scan, outcome, manage_services)
+            except BaseException as exc:
+                interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+                status = RUN_INTERRUPTED if interrupted else RUN_FAILED
+                with contextlib.suppress(VmscanError):
+                    db.finish_run(run_id, status, error=f"{type(exc).__name__}: {exc}")
+                log.error("run %d %s: %s", run_id, status, exc)
+                raise
+            _finish(cfg, db, run_id, outcome, discovery.warnings)
+    except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        code = int(getattr(exc, "exit_code", 130))  # 128 + signal (runctl.Interrupted)
+        outcome.exit_code = code if interrupted else EXIT_IMAGE_ERROR
+        outcome.error = outcome.error or f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        outcome.duration_s = round(time.monotonic() - t0, 3)
+        if metrics_path is not None:
+            write_metrics(metrics_path, outcome)
+    return outcome
+
+
+def _execute(
+    cfg: NightlyConfig,
+    db: StateDB,
+    run_id: int,
+    items: list[PlanItem],
+    digests: dict[str, str],
+    scan: ScanFn,
+    outcome: NightlyOutcome,
+    manage_services: bool,
+) -> None:
+    by_source: dict[str, PlanItem] = {}
+    for it in items:
+        by_source[it.source.path] = it
+        by_source.setdefault(os.path.realpath(it.source.path), it)
+    done: set[str] = set()
+
+    def store(
+        item: PlanItem,
+        result: dict[str, Any],
+        *,
+        carried: bool = False,
+        origin: int | None = None,
+        ident: dict[str, Any] | None = None,
+        offline: bool = False,
+    ) -> None:
+        meta = None
+        if ident is not None:
+            meta = {**ident, "base_key": item.base_key, "digests": digests}
+        old_state = (result.get("sections") or {}).get("state") or {}
+        scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
+            "finished_at", ""
+        )
+        state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
+        if item.action == "partial":
+            state["rescanned_checks"] = list(item.checks)
+            state["rechecked_at"] = utcnow()
+            # Offline: re-run on the stored inventory, the image was not opened.
+            state["rechecked_offline"] = offline
+        result.setdefault("sections", {})["state"] = state
+        db.add_image_result(
+            run_id,
+            item.source.path,
+            result,
+            identity=meta,
+            scan_key=item.scan_key if meta is not None else "",
+            carried_forward=carried,
+            origin_run_id=origin,
+        )
+        done.add(item.source.path)
+
+    for it in items:
+        if it.action == "error":
+            store(it, _error_result(it.source.path, it.reason))
+            outcome.failed += 1
+        elif it.action == "carry":
+            prev = db.latest_image_row(it.source.path)
+            assert prev is not None
+            result = db.load_result(prev.result_digest)
+            store(it, result, carried=True, origin=prev.origin_run_id, ident=it.identity)
+            outcome.skipped += 1
+
+    def on_image_done(img: ImageResult) -> None:
+        item = by_source.get(img.source) or by_source.get(os.path.realpath(img.source))
+        if item is None or item.source.path in done:
+            log.warning("scanner returned an unexpected source %r", img.source)
+            return
+        result: dict[str, Any] = to_jsonable(img)
+        result["source"] = item.source.path
+        if item.action == "partial" and item.previous_digest:
+            result = _merge_partial(db.load_result(item.previous_digest), result, item.checks)
+        finalize_image_dict(result)  # whatever the scan function: status follows plugins
+        ident = item.identity
+        try:
+            after = source_identity(item.source)
+            before = item.identity or {}
+            if [_stat_part(d) for d in after["disks"]] != [
+                _stat_part(d) for d in before.get("disks", [])
+            ]:
+                result.setdefault("errors", []).append(
+                    "the image changed while it was scanned (size, mtime or inode differ): "
+                    "this result may be inconsistent; it is rescanned next run"
+                )
+                if result.get("status") == "ok":
+                    result["status"] = "partial"
+                ident = None
+        except OSError as exc:
+            result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
+            result["status"] = "error"
+            ident = None
+        if ident is not None and incomplete_plugins(result):
+            # A check that did not complete is retried next run: nothing is carried forward.
+            ident = None
+        if result.get("status") == "error":
+            outcome.failed += 1
+            log.error("%s: %s", item.source.path, "; ".join(result.get("errors") or []) or "error")
+        else:
+            outcome.scanned += 1
+            if item.action == "partial":
+                outcome.partial_rescans += 1
+        store(item, result, ident=ident)
+        log.info("%s: %s", item.source.path, result.get("status"))
+
+    for it in items:
+        if it.action != "partial" or not it.previous_digest:
+            continue
+        options = {**plugin_options(cfg), "state_db": str(cfg.state_db)}
+        rechecked = offline_recheck(db.load_result(it.previous_digest), it.checks, options)
+        if rechecked is None:
+            continue
+        rechecked.setdefault("errors", [])
+        ident = None if incomplete_plugins(rechecked) else it.identity
+        store(it, rechecked, ident=ident, offline=True)
+        outcome.partial_rescans += 1
+        log.info("%s: re-checked %s without opening it", it.source.path, ", ".join(it.checks))
+
+    to_scan = [
+        it for it in items if it.action in ("scan", "partial") and it.source.path not in done
+    ]
+    by_checks: dict[tuple[str, ...], list[PlanItem]] = {}
+    for it in to_scan:
+        by_checks.setdefault(it.checks, []).append(it)
+    for checks, group in by_checks.items():
+        for wave in waves(group, cfg.jobs, cfg.max_per_storage):
+            jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
+            if len({w.storage for w in wave}) > 1:
+                jobs = min(cfg.jobs, len(wave))
+            opts = make_scan_options(cfg, checks, jobs)
+            ctx = _services(opts) if manage_services else contextlib.nullcontext()
+            with ctx:
+                scanned = scan([w.source.path for w in wave], opts, on_image_done=on_image_done)
+            # A scan function that returns results without calling back is fine too.
+            for img in scanned.images:
+                item = by_source.get(img.source)
+                if item is not None and item.source.path not in done:
+                    on_image_done(img)
+            for w in wave:
+                if w.source.path not in done:
+                    store(w, _error_result(w.source.path, "the scanner returned no result"))
+                    outcome.failed += 1
+
+
+def _stat_part(d: dict[str, Any]) -> tuple[Any, ...]:
+    return (d.get("size"), d.get("mtime_ns"), d.get("inode"))
+
+
+def _finish(
+    cfg: NightlyConfig, db: StateDB, run_id: int, outcome: NightlyOutcome, warnings: list[str]
+) -> None:
+    from vmscan.report.json_out import ReportWriteError
+    from vmscan.report.layout import remove_run_dir, write_run_reports
+
+    doc = db.run_document(run_id)
+    summary = summarize(doc)
+    summary["nightly"] = {
+        "scanned": outcome.scanned,
+        "failed": outcome.failed,
+        "skipped_unchanged": outcome.skipped,
+        "partial_rescans": outcome.partial_rescans,
+        "warnings": warnings,
+        "plan": [
+            {
+                "source": p.source.path,
+                "action": p.action,
+                "reason": p.reason,
+                "checks": list(p.checks),
+            }
+            for p in outcome.plan
+        ],
+    }
+    outcome.findings_by_severity = dict(summary["findings_by_severity"])
+    incomplete = [incomplete_plugins(img) for img in doc.get("images") or []]
+    outcome.images_incomplete = sum(1 for i in incomplete if i)
+    outcome.checks_incomplete = dict(Counter(x.plugin for i in incomplete for x in i))
+    code = exit_code(doc, cfg.fail_on)
+    db.finish_run(run_id, RUN_COMPLETE, summary=summary)
+    try:
+        report = build_report_document(db, run_id, trend_runs=cfg.trend_runs)
+        outcome.reports = write_run_reports(cfg.reports_dir, run_id, report, list(cfg.formats))
+    except ReportWriteError as exc:
+        outcome.error = str(exc)
+        log.error("run %d: %s", run_id, exc)
+        # Results are all stored; only the reports are missing (`vmscan report` can redo
+        # them once there is space). The run is marked failed so it is not the baseline.
+        db.finish_run(run_id, RUN_FAILED, summary=summary, error=str(exc))
+        code = EXIT_IMAGE_ERROR
+    outcome.exit_code = code
+    expired = db.runs_to_expire(keep_runs=cfg.keep_runs, keep_days=cfg.keep_days)
+    if expired:
+        db.delete_runs(expired)
+        for rid in expired:
+            remove_run_dir(cfg.reports_dir, rid)
+        outcome.expired_runs = expired
+        log.info("retention: removed runs %s", ", ".join(map(str, expired)))
+
+
+# --------------------------------------------------------------------------------------
+# Dry run
+
+
+def dry_run(cfg: NightlyConfig) -> list[PlanItem]:
+    """What a run would do, without writing anything (the database is read if present)."""
+    discovery = discover(cfg)
+    for w in discovery.warnings:
+        log.warning("%s", w)
+    digests = data_digests(cfg)
+    if cfg.state_db.exists():
+        with StateDB(cfg.state_db, readonly=True) as db:
+            return plan(cfg, discovery.sources, db, digests)
+    return plan(cfg, discovery.sources, None, digests)
