@@ -1,4 +1,11 @@
-"""What an image is made of: the identity that decides whether it changed since the last run."""
+"""What an image is made of: the identity that decides whether it changed since the last run.
+
+Every host file of every disk counts (the whole backing chain at any depth, every VMDK
+extent, qcow2 external data files: walked and vetted by :func:`vmscan.source.chain.chain_files`),
+each with size, mtime and ctime in nanoseconds, inode and device, plus a hash of each
+layer's header and metadata (bounded reads). ctime cannot be set back from user space, so
+a write that restores mtime (``touch -r``) still shows.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +21,16 @@ from vmscan.nightly.discovery import Source
 
 log = logging.getLogger(__name__)
 
+#: Bytes hashed at the start of each layer (header; VMDK descriptor; VHDX headers, regions).
 HEAD_BYTES = 1 << 20
+#: Bytes hashed at the end of each layer (VHD footer, VMDK footer).
+TAIL_BYTES = 64 << 10
+#: Bytes hashed at the start of an extent or data file (its size and times do the rest).
+PART_HEAD_BYTES = 64 << 10
+#: Upper bound on the qcow2 L1 table hashed (8 MiB maps 8 TiB with 64 KiB clusters).
+MAX_L1_BYTES = 8 << 20
 _QEMU_IMG_TIMEOUT = 60
 _MAX_INFO_BYTES = 4 << 20
-
-
-# --------------------------------------------------------------------------------------
-# Identity and digests
 
 
 def _qemu_info_digest(path: str) -> tuple[str, dict[str, Any]]:
@@ -53,15 +63,78 @@ def _qemu_info_digest(path: str) -> tuple[str, dict[str, Any]]:
 
 
 def quick_stat(path: str) -> dict[str, int]:
-    """size, mtime_ns, inode and device of a file (follows symlinks)."""
+    """size, mtime_ns, ctime_ns, inode and device of a file (follows symlinks)."""
     st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "dev": st.st_dev}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+        "dev": st.st_dev,
+    }
 
 
-def file_identity(path: str, *, with_qemu_info: bool = True) -> dict[str, Any]:
-    """Identity of one disk file: stat triple, sha256 of the first MiB, metadata digest.
+def _hash_range(h: Any, fh: Any, offset: int, length: int) -> None:
+    fh.seek(offset)
+    h.update(fh.read(max(0, length)))
 
-    Raises OSError when the file is gone or unreadable.
+
+def layer_metadata_digest(path: str, fmt: str, *, head: int = HEAD_BYTES) -> str:
+    """sha256 of a file's head and tail and, for qcow2, of its L1 table (all bounded)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        _hash_range(h, fh, 0, head)
+        if size > head:
+            start = max(head, size - TAIL_BYTES)
+            _hash_range(h, fh, start, size - start)
+        if fmt == "qcow2":
+            fh.seek(0)
+            hdr = fh.read(48)
+            if len(hdr) == 48:
+                # l1_size (entries) at 36, l1_table_offset at 40: where each cluster maps.
+                l1_size = int.from_bytes(hdr[36:40], "big")
+                l1_off = int.from_bytes(hdr[40:48], "big")
+                _hash_range(h, fh, min(l1_off, size), min(l1_size * 8, MAX_L1_BYTES))
+    return h.hexdigest()
+
+
+def chain_identity(
+    path: str, fmt: str | None = None, allow_backing: tuple[str, ...] = ()
+) -> tuple[list[dict[str, Any]], str]:
+    """(one entry per host file of the disk, '' or why the chain could not be walked).
+
+    A refused or unreadable chain is not an identity: the caller never carries a result
+    forward for it (the scan then reports the refusal itself).
+    """
+    from vmscan.source.chain import chain_files
+
+    try:
+        files = chain_files(path, fmt, allow_backing)
+    except VmscanError as exc:
+        return [], str(exc)[:500]
+    out: list[dict[str, Any]] = []
+    for f in files:
+        entry: dict[str, Any] = {"path": f.path, "layer": f.layer, "role": f.role}
+        entry.update(quick_stat(f.path))
+        if f.role == "layer":
+            entry["meta_sha256"] = layer_metadata_digest(f.path, f.format)
+        else:
+            entry["head_sha256"] = layer_metadata_digest(f.path, "", head=PART_HEAD_BYTES)
+        out.append(entry)
+    return out, ""
+
+
+def file_identity(
+    path: str,
+    *,
+    with_qemu_info: bool = True,
+    fmt: str | None = None,
+    allow_backing: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Identity of one disk: its own stat and head hash, and every file of its chain.
+
+    Raises OSError when a file is gone or unreadable.
     """
     ident: dict[str, Any] = {"path": path, **quick_stat(path)}
     h = hashlib.sha256()
@@ -69,28 +142,40 @@ def file_identity(path: str, *, with_qemu_info: bool = True) -> dict[str, Any]:
         h.update(fh.read(HEAD_BYTES))
     ident["head_sha256"] = h.hexdigest()
     if with_qemu_info:
-        digest, info = _qemu_info_digest(path)
-        ident["info_sha256"] = digest
-        # A qcow2 overlay's content depends on its backing file: include its stat.
-        backing = info.get("full-backing-filename") or info.get("backing-filename")
-        if isinstance(backing, str) and backing:
-            bpath = (
-                backing if os.path.isabs(backing) else os.path.join(os.path.dirname(path), backing)
-            )
-            try:
-                ident["backing"] = {"path": bpath, **quick_stat(bpath)}
-            except OSError as exc:
-                ident["backing"] = {"path": bpath, "error": exc.strerror or str(exc)}
-    # st_dev is not identity (a remount changes it); keep it only for grouping.
-    ident.pop("dev", None)
+        ident["info_sha256"], _info = _qemu_info_digest(path)
+    files, problem = chain_identity(path, fmt, allow_backing)
+    ident["files"] = files
+    if problem:
+        ident["chain_error"] = problem
     return ident
 
 
-def source_identity(src: Source) -> dict[str, Any]:
+def source_identity(
+    src: Source, *, fmt: str | None = None, allow_backing: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Identity of a source: its disks (and, for a domain, the XML's content hash)."""
     ident: dict[str, Any] = {"kind": src.kind}
     if src.kind == "domain":
-        data = Path(src.path).read_bytes()[: 4 << 20]
+        with open(src.path, "rb") as fh:
+            data = fh.read(4 << 20)
         ident["xml_sha256"] = hashlib.sha256(data).hexdigest()
-    ident["disks"] = [file_identity(d) for d in src.disks]
+        fmt = None  # each disk's format is the domain XML's: detected here, not forced
+    ident["disks"] = [file_identity(d, fmt=fmt, allow_backing=allow_backing) for d in src.disks]
     return ident
+
+
+def chain_problems(identity: dict[str, Any]) -> list[str]:
+    """Why some disk's chain could not be walked (empty when every disk's was)."""
+    return [str(d["chain_error"]) for d in identity.get("disks") or [] if d.get("chain_error")]
+
+
+def stat_parts(identity: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What must not move while an image is scanned: the stat of every file of every disk."""
+    out: list[tuple[Any, ...]] = []
+    for d in identity.get("disks") or []:
+        out.append((d.get("size"), d.get("mtime_ns"), d.get("inode")))
+        for f in d.get("files") or []:
+            out.append(
+                (f.get("path"), f.get("size"), f.get("mtime_ns"), f.get("ctime_ns"), f.get("inode"))
+            )
+    return out

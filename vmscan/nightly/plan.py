@@ -9,7 +9,7 @@ from typing import Any
 from vmscan.nightly.config import NightlyConfig
 from vmscan.nightly.digests import keys_for
 from vmscan.nightly.discovery import Source
-from vmscan.nightly.identity import source_identity
+from vmscan.nightly.identity import chain_problems, source_identity
 from vmscan.state import StateDB
 
 # Which check's results depend on which data digest: a change of only that digest
@@ -58,7 +58,7 @@ def plan(
             items.append(PlanItem(src, "error", src.error, storage=storage))
             continue
         try:
-            identity = source_identity(src)
+            identity = source_identity(src, fmt=cfg.disk_format, allow_backing=cfg.allow_backing)
         except OSError as exc:
             why = "image vanished" if isinstance(exc, FileNotFoundError) else "cannot read image"
             items.append(PlanItem(src, "error", f"{why}: {exc}", storage=storage))
@@ -79,7 +79,12 @@ def plan(
             item.previous_run = prev.run_id
             item.previous_digest = prev.result_digest
             prev_meta = prev.identity or {}
-            if not prev.scan_key and prev.status != "error":
+            problems = chain_problems(identity)
+            if problems:
+                # Not knowing what the disk is made of is not "unchanged": scanned again
+                # (the scan reports the refusal or the damage itself).
+                item.reason = f"its chain could not be walked ({problems[0]}): scanned"
+            elif not prev.scan_key and prev.status != "error":
                 # Stored without a key: a check did not complete (or the image changed
                 # under the scan). Never carried forward: scanned again.
                 item.reason = (

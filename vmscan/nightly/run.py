@@ -27,7 +27,7 @@ from vmscan.model import ImageResult, ScanResult, to_jsonable
 from vmscan.nightly.config import NightlyConfig
 from vmscan.nightly.digests import data_digests, default_signatures_dir
 from vmscan.nightly.discovery import discover
-from vmscan.nightly.identity import source_identity
+from vmscan.nightly.identity import source_identity, stat_parts
 from vmscan.nightly.merge import (
     _error_result,
     _merge_partial,
@@ -291,13 +291,13 @@ def _execute(
         finalize_image_dict(result)  # whatever the scan function: status follows plugins
         ident = item.identity
         try:
-            after = source_identity(item.source)
-            before = item.identity or {}
-            if [_stat_part(d) for d in after["disks"]] != [
-                _stat_part(d) for d in before.get("disks", [])
-            ]:
+            after = source_identity(
+                item.source, fmt=cfg.disk_format, allow_backing=cfg.allow_backing
+            )
+            if stat_parts(after) != stat_parts(item.identity or {}):
                 result.setdefault("errors", []).append(
-                    "the image changed while it was scanned (size, mtime or inode differ): "
+                    "the image changed while it was scanned (size, times or inode of one of its "
+                    "files differ): "
                     "this result may be inconsistent; it is rescanned next run"
                 )
                 if result.get("status") == "ok":
@@ -357,10 +357,6 @@ def _execute(
                 if w.source.path not in done:
                     store(w, _error_result(w.source.path, "the scanner returned no result"))
                     outcome.failed += 1
-
-
-def _stat_part(d: dict[str, Any]) -> tuple[Any, ...]:
-    return (d.get("size"), d.get("mtime_ns"), d.get("inode"))
 
 
 def _finish(
