@@ -1,4 +1,4 @@
-"""Digests of the data and settings a result depends on (signatures, advisories, options)."""
+"""Digests of everything a result depends on: tables by content, plugin versions, clamd, options."""
 
 from __future__ import annotations
 
@@ -17,32 +17,116 @@ from vmscan.nightly.config import NightlyConfig
 log = logging.getLogger(__name__)
 
 
-def _hash_tree(folder: Path, *, exclude: tuple[str, ...] = ()) -> str:
-    h = hashlib.sha256()
-    if not folder.is_dir():
-        return "absent"
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if not p.is_file() or any(rel == e or rel.startswith(e + "/") for e in exclude):
-            continue
-        h.update(rel.encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\n")
-    return h.hexdigest()
-
-
 def default_signatures_dir() -> Path:
     """$VMSCAN_SIGNATURES or the repository's ``signatures/``."""
     env = os.environ.get("VMSCAN_SIGNATURES")
     return Path(env) if env else Path(__file__).resolve().parents[2] / "signatures"
 
 
-def data_digests(cfg: NightlyConfig) -> dict[str, str]:
-    """Digests of the antivirus signatures and the advisory feed in use."""
+#: Digest components and the check each belongs to. ``patch:windows`` (the cumulative-update
+#: table) is a component of its own because only images with a Windows root depend on it.
+COMPONENT_CHECK: dict[str, str] = {
+    "antivirus": "antivirus",
+    "patch": "patch",
+    "patch:windows": "patch",
+    "license": "license",
+    "migration": "migration",
+}
+WINDOWS_ONLY: tuple[str, ...] = ("patch:windows",)
+#: Entries of the signatures folder a component claims (everything else is a table no
+#: component claims: it goes into every check's digest, so that a new table is never missed).
+_CLAIMED = ("clamav", "advisories", "eol.json", "windows-builds.json", "licenses")
+#: Files that document data but are never read by a check.
+_NOT_DATA = (".md", ".gitignore", ".lock", ".txt")
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a (trusted, local) data file; 'absent' or the error when it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return f"error:{exc.strerror or exc}"
+    return h.hexdigest()
+
+
+def _data_tree(folder: Path, exclude: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    if not folder.is_dir():
+        return "absent"
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or p.name.endswith(_NOT_DATA) or p.name.startswith("index.sqlite"):
+            continue
+        if any(rel == e or rel.startswith(e + "/") for e in exclude):
+            continue
+        h.update(rel.encode() + b"\0" + _file_digest(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def plugin_versions() -> dict[str, dict[str, str]]:
+    """NAME -> VERSION of every check and cataloger (what the report's plugin list shows)."""
+    from vmscan.registry import all_catalogers, all_checks
+
+    return {
+        "checks": {c.NAME: str(c.VERSION) for c in all_checks()},
+        "catalogers": {c.NAME: str(c.VERSION) for c in all_catalogers()},
+    }
+
+
+def clamd_version(address: str, timeout: float = 10.0) -> str:
+    """A clamd's ``VERSION`` reply (engine/daily database number/date), or why not."""
+    from vmscan.av.clamd_client import ClamdClient
+
+    try:
+        return ClamdClient(address, timeout=timeout, connect_timeout=timeout).version()
+    except Exception as exc:  # unreachable: the antivirus check fails and is not carried
+        return f"unreachable:{type(exc).__name__}"
+
+
+def _clamd_binary_stamp() -> str:
+    """Which clamd program a managed clamd would be (an upgrade changes verdicts)."""
+    try:
+        from vmscan.av.clamd_manager import find_clamd
+    except ImportError:
+        return ""
+    path = find_clamd()
+    if not path:
+        return "no clamd"
+    with contextlib.suppress(OSError):
+        st = os.stat(path)
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    return path
+
+
+def data_digests(cfg: NightlyConfig, *, remote_clamd: str | None = None) -> dict[str, str]:
+    """One digest per component (see :data:`COMPONENT_CHECK`) of what its check reads.
+
+    Each holds the check's NAME and VERSION, the tables it reads (by content) and the
+    tables of the signatures folder no component claims. ``remote_clamd``: the
+    ``VERSION`` reply of the configured clamd (queried when None and one is configured).
+    A managed clamd loads exactly the files hashed here (vmscan's databases and
+    /var/lib/clamav) and is started only when something is scanned; its own ``VERSION``
+    reply is recorded in each antivirus result (``engine``).
+    """
+    from vmscan.license.policy import DEFAULT_POLICY
+    from vmscan.license.spdx_map import DEFAULT_TABLE
+
     sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
+    versions = plugin_versions()["checks"]
+    unclaimed = _data_tree(sig_dir, _CLAIMED)
+    eol = _file_digest(sig_dir / "eol.json")
     out: dict[str, str] = {}
+
+    def put(component: str, **parts: str) -> None:
+        check = COMPONENT_CHECK[component]
+        head = {"plugin": f"{check}/{versions.get(check, '?')}", "unclaimed": unclaimed}
+        out[component] = _digest({**head, **parts})
+
     if "antivirus" in cfg.checks:
         digest = ""
         try:
@@ -51,13 +135,17 @@ def data_digests(cfg: NightlyConfig) -> dict[str, str]:
             digest = database_digest(sig_dir / "clamav")
         except (ImportError, OSError, TypeError) as exc:
             log.debug("signature digest from vmscan.av failed (%s); hashing files", exc)
-        if not digest:
-            digest = _hash_tree(sig_dir, exclude=("advisories",))
-        # clamd's own databases (freshclam updates them) change verdicts too.
-        out["signatures"] = hashlib.sha256((digest + _clamav_system_stamp()).encode()).hexdigest()
+        if cfg.clamd:
+            engine = remote_clamd if remote_clamd is not None else clamd_version(cfg.clamd)
+        else:
+            engine = "managed:" + _clamd_binary_stamp() + ";" + _clamav_system_stamp()
+        put(
+            "antivirus",
+            own=digest or _data_tree(sig_dir / "clamav", ()),
+            engine=engine,
+            av_scope=cfg.av_scope,
+        )
     if "patch" in cfg.checks:
-        # The compiled advisory index's digest (over every feed) plus the shipped tables
-        # the patch check reads (end of life, Windows cumulative updates).
         digest = ""
         try:
             from vmscan.advisories import index_digest
@@ -65,12 +153,35 @@ def data_digests(cfg: NightlyConfig) -> dict[str, str]:
             digest = index_digest(sig_dir / "advisories")
         except (ImportError, OSError, ValueError, VmscanError) as exc:
             log.warning("advisory index digest failed (%s); hashing files", exc)
-        h = hashlib.sha256((digest or _hash_tree(sig_dir / "advisories")).encode())
-        for table in ("eol.json", "windows-builds.json"):
-            with contextlib.suppress(OSError):
-                h.update(table.encode() + b"\0" + (sig_dir / table).read_bytes())
-        out["advisories"] = h.hexdigest()
+        put("patch", advisories=digest or _data_tree(sig_dir / "advisories", ()), eol=eol)
+        put("patch:windows", builds=_file_digest(sig_dir / "windows-builds.json"))
+    if "license" in cfg.checks:
+        policy = Path(cfg.license_policy) if cfg.license_policy else DEFAULT_POLICY
+        put(
+            "license",
+            policy=str(policy),
+            policy_sha256=_file_digest(policy),
+            name_map=_file_digest(DEFAULT_TABLE),
+            licenses=_data_tree(sig_dir / "licenses", ()),
+        )
+    if "migration" in cfg.checks:
+        put("migration", eol=eol)
     return out
+
+
+def relevant_digests(digests: dict[str, str], os_types: list[str] | None) -> dict[str, str]:
+    """The components an image's result depends on (all of them while its OS is unknown)."""
+    if os_types is None or "windows" in os_types:
+        return dict(digests)
+    return {k: v for k, v in digests.items() if k not in WINDOWS_ONLY}
+
+
+def changed_checks(
+    old: dict[str, str], new: dict[str, str], checks: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Checks (of ``checks``) at least one of whose components differs."""
+    names = {COMPONENT_CHECK.get(k, k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    return tuple(c for c in checks if c in names)
 
 
 def _clamav_system_stamp() -> str:
@@ -92,8 +203,9 @@ def scan_settings(cfg: NightlyConfig) -> dict[str, Any]:
         "manifest": cfg.manifest,
         "disk_format": cfg.disk_format,
         "allow_backing": sorted(cfg.allow_backing),
-        "av_scope": cfg.av_scope,
-        "license_policy": cfg.license_policy,
+        # Which check runs and which catalogers read the inventory: a new cataloger version
+        # changes every check's input (check versions are in their own digests).
+        "catalogers": plugin_versions()["catalogers"],
     }
 
 
@@ -102,8 +214,16 @@ def _digest(obj: Any) -> str:
 
 
 def keys_for(
-    identity: dict[str, Any], cfg: NightlyConfig, digests: dict[str, str]
+    identity: dict[str, Any],
+    cfg: NightlyConfig,
+    digests: dict[str, str],
+    os_types: list[str] | None = None,
 ) -> tuple[str, str]:
-    """(base key: identity + settings, full key: base + data digests)."""
+    """(base key: identity + settings, full key: base + the data digests the image uses)."""
     base = _digest({"identity": identity, "settings": scan_settings(cfg)})
-    return base, _digest({"base": base, "digests": digests})
+    return base, scan_key_for(base, digests, os_types)
+
+
+def scan_key_for(base: str, digests: dict[str, str], os_types: list[str] | None) -> str:
+    """The full key of an image whose result has roots of ``os_types`` (None: unknown)."""
+    return _digest({"base": base, "digests": relevant_digests(digests, os_types)})

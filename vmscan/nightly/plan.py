@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmscan.nightly.config import NightlyConfig
-from vmscan.nightly.digests import keys_for
+from vmscan.nightly.digests import COMPONENT_CHECK, changed_checks, keys_for, relevant_digests
 from vmscan.nightly.discovery import Source
 from vmscan.nightly.identity import chain_problems, source_identity
 from vmscan.state import StateDB
 
 # Which check's results depend on which data digest: a change of only that digest
 # re-runs only that check on an otherwise unchanged image.
-DIGEST_CHECKS: dict[str, str] = {"signatures": "antivirus", "advisories": "patch"}
+DIGEST_CHECKS: dict[str, str] = COMPONENT_CHECK
 
 
 # --------------------------------------------------------------------------------------
@@ -63,7 +63,11 @@ def plan(
             why = "image vanished" if isinstance(exc, FileNotFoundError) else "cannot read image"
             items.append(PlanItem(src, "error", f"{why}: {exc}", storage=storage))
             continue
-        base_key, scan_key = keys_for(identity, cfg, digests)
+        prev = db.latest_image_row(src.path) if db is not None else None
+        # The OS types of the stored result say which digests it depends on (a Linux
+        # image does not depend on the Windows cumulative-update table).
+        os_types = (prev.identity or {}).get("os_types") if prev is not None else None
+        base_key, scan_key = keys_for(identity, cfg, digests, os_types)
         item = PlanItem(
             src,
             "scan",
@@ -74,7 +78,6 @@ def plan(
             tuple(cfg.checks),
             storage=storage,
         )
-        prev = db.latest_image_row(src.path) if db is not None else None
         if prev is not None:
             item.previous_run = prev.run_id
             item.previous_digest = prev.result_digest
@@ -94,12 +97,8 @@ def plan(
             elif prev.scan_key == scan_key:
                 item.action, item.reason = "carry", f"unchanged since run {prev.origin_run_id}"
             elif prev_meta.get("base_key") == base_key:
-                old = prev_meta.get("digests") or {}
-                changed = sorted(
-                    DIGEST_CHECKS[k]
-                    for k in DIGEST_CHECKS
-                    if old.get(k) != digests.get(k) and DIGEST_CHECKS[k] in cfg.checks
-                )
+                old = relevant_digests(prev_meta.get("digests") or {}, os_types)
+                changed = changed_checks(old, relevant_digests(digests, os_types), cfg.checks)
                 if changed:
                     item.action, item.checks = "partial", tuple(changed)
                     item.reason = f"image unchanged; data changed for {', '.join(changed)}"

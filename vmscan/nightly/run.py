@@ -22,13 +22,15 @@ from vmscan.completeness import (
     finalize_image_dict,
     incomplete_plugins,
 )
+from vmscan.diff import iter_roots
 from vmscan.errors import VmscanError
 from vmscan.model import ImageResult, ScanResult, to_jsonable
 from vmscan.nightly.config import NightlyConfig
-from vmscan.nightly.digests import data_digests, default_signatures_dir
+from vmscan.nightly.digests import data_digests, default_signatures_dir, scan_key_for
 from vmscan.nightly.discovery import discover
 from vmscan.nightly.identity import source_identity, stat_parts
 from vmscan.nightly.merge import (
+    OFFLINE_CHECKS,
     _error_result,
     _merge_partial,
     build_report_document,
@@ -233,6 +235,9 @@ def _execute(
         by_source[it.source.path] = it
         by_source.setdefault(os.path.realpath(it.source.path), it)
     done: set[str] = set()
+    # Partial items whose offline checks already ran: the merge base of their scan.
+    bases: dict[str, dict[str, Any]] = {}
+    offline_done: dict[str, tuple[str, ...]] = {}
 
     def store(
         item: PlanItem,
@@ -244,15 +249,26 @@ def _execute(
         offline: bool = False,
     ) -> None:
         meta = None
+        scan_key = ""
         if ident is not None:
-            meta = {**ident, "base_key": item.base_key, "digests": digests}
+            # The digests this result depends on follow from its OS types (the plan of the
+            # next night reads them back from here).
+            os_types = sorted(
+                {str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)}
+            )
+            meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
+            scan_key = scan_key_for(item.base_key, digests, os_types)
         old_state = (result.get("sections") or {}).get("state") or {}
         scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
             "finished_at", ""
         )
         state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
         if item.action == "partial":
-            state["rescanned_checks"] = list(item.checks)
+            state["rescanned_checks"] = sorted(
+                {*offline_done.get(item.source.path, ()), *item.checks}
+            )
+            if item.source.path in offline_done and not offline:
+                state["offline_checks"] = list(offline_done[item.source.path])
             state["rechecked_at"] = utcnow()
             # Offline: re-run on the stored inventory, the image was not opened.
             state["rechecked_offline"] = offline
@@ -262,7 +278,7 @@ def _execute(
             item.source.path,
             result,
             identity=meta,
-            scan_key=item.scan_key if meta is not None else "",
+            scan_key=scan_key,
             carried_forward=carried,
             origin_run_id=origin,
         )
@@ -284,32 +300,10 @@ def _execute(
         if item is None or item.source.path in done:
             log.warning("scanner returned an unexpected source %r", img.source)
             return
-        result: dict[str, Any] = to_jsonable(img)
-        result["source"] = item.source.path
-        if item.action == "partial" and item.previous_digest:
-            result = _merge_partial(db.load_result(item.previous_digest), result, item.checks)
-        finalize_image_dict(result)  # whatever the scan function: status follows plugins
-        ident = item.identity
-        try:
-            after = source_identity(
-                item.source, fmt=cfg.disk_format, allow_backing=cfg.allow_backing
-            )
-            if stat_parts(after) != stat_parts(item.identity or {}):
-                result.setdefault("errors", []).append(
-                    "the image changed while it was scanned (size, times or inode of one of its "
-                    "files differ): "
-                    "this result may be inconsistent; it is rescanned next run"
-                )
-                if result.get("status") == "ok":
-                    result["status"] = "partial"
-                ident = None
-        except OSError as exc:
-            result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
-            result["status"] = "error"
-            ident = None
-        if ident is not None and incomplete_plugins(result):
-            # A check that did not complete is retried next run: nothing is carried forward.
-            ident = None
+        base = bases.get(item.source.path)
+        if base is None and item.action == "partial" and item.previous_digest:
+            base = db.load_result(item.previous_digest)
+        result, ident = image_result(cfg, item, img, base)
         if result.get("status") == "error":
             outcome.failed += 1
             log.error("%s: %s", item.source.path, "; ".join(result.get("errors") or []) or "error")
@@ -320,14 +314,26 @@ def _execute(
         store(item, result, ident=ident)
         log.info("%s: %s", item.source.path, result.get("status"))
 
+    offline_options: dict[str, Any] | None = None
     for it in items:
         if it.action != "partial" or not it.previous_digest:
             continue
-        options = {**plugin_options(cfg), "state_db": str(cfg.state_db)}
-        rechecked = offline_recheck(db.load_result(it.previous_digest), it.checks, options)
+        offline = tuple(c for c in it.checks if c in OFFLINE_CHECKS)
+        online = tuple(c for c in it.checks if c not in OFFLINE_CHECKS)
+        if not offline:
+            continue
+        if offline_options is None:
+            offline_options = {**plugin_options(cfg), "state_db": str(cfg.state_db)}
+        rechecked = offline_recheck(db.load_result(it.previous_digest), offline, offline_options)
         if rechecked is None:
             continue
         rechecked.setdefault("errors", [])
+        if online:
+            # The rest needs the appliance: scanned for those checks only, merged into this.
+            bases[it.source.path], offline_done[it.source.path] = rechecked, offline
+            it.checks = online
+            log.info("%s: re-checked %s offline", it.source.path, ", ".join(offline))
+            continue
         ident = None if incomplete_plugins(rechecked) else it.identity
         store(it, rechecked, ident=ident, offline=True)
         outcome.partial_rescans += 1
@@ -339,24 +345,101 @@ def _execute(
     by_checks: dict[tuple[str, ...], list[PlanItem]] = {}
     for it in to_scan:
         by_checks.setdefault(it.checks, []).append(it)
-    for checks, group in by_checks.items():
-        for wave in waves(group, cfg.jobs, cfg.max_per_storage):
-            jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
-            if len({w.storage for w in wave}) > 1:
-                jobs = min(cfg.jobs, len(wave))
-            opts = make_scan_options(cfg, checks, jobs)
-            ctx = _services(opts) if manage_services else contextlib.nullcontext()
-            with ctx:
+
+    def _collect(wave: list[PlanItem], scanned: ScanResult) -> None:
+        # A scan function that returns results without calling back is fine too.
+        for img in scanned.images:
+            item = by_source.get(img.source)
+            if item is not None and item.source.path not in done:
+                on_image_done(img)
+        for w in wave:
+            if w.source.path not in done:
+                store(w, _error_result(w.source.path, "the scanner returned no result"))
+                outcome.failed += 1
+
+    with contextlib.ExitStack() as night:
+        # One managed clamd for the whole night (started when the first wave needs it),
+        # sized for cfg.jobs; each wave's options get its descriptor in memory.
+        shared: dict[str, Any] | None = None
+        for checks, group in by_checks.items():
+            for wave in waves(group, cfg.jobs, cfg.max_per_storage):
+                jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
+                if len({w.storage for w in wave}) > 1:
+                    jobs = min(cfg.jobs, len(wave))
+                opts = make_scan_options(cfg, checks, jobs)
+                if manage_services and shared is None and "antivirus" in checks:
+                    night_opts = make_scan_options(cfg, tuple(cfg.checks), cfg.jobs)
+                    night.enter_context(_services(night_opts))
+                    shared = night_opts.plugin_options
+                for key in _SHARED_SERVICE_KEYS:
+                    if shared is not None and key in shared:
+                        opts.plugin_options[key] = shared[key]
                 scanned = scan([w.source.path for w in wave], opts, on_image_done=on_image_done)
-            # A scan function that returns results without calling back is fine too.
-            for img in scanned.images:
-                item = by_source.get(img.source)
-                if item is not None and item.source.path not in done:
-                    on_image_done(img)
-            for w in wave:
-                if w.source.path not in done:
-                    store(w, _error_result(w.source.path, "the scanner returned no result"))
-                    outcome.failed += 1
+                _collect(wave, scanned)
+
+
+#: What the night's managed services hand to every wave (in memory, never a file).
+_SHARED_SERVICE_KEYS = ("clamd", "clamd_descriptor", "clamd_error")
+
+
+def image_result(
+    cfg: NightlyConfig, item: PlanItem, img: ImageResult, base: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The result to store for one scanned planned image, and the identity to store with it.
+
+    ``base``: for a partial rescan, the stored result whose other checks are kept. The
+    identity is None when the result must not be carried forward (a check did not complete,
+    the image changed or vanished under the scan). Stores nothing.
+    """
+    result: dict[str, Any] = to_jsonable(img)
+    result["source"] = item.source.path
+    if item.action == "partial" and base is not None:
+        result = _merge_partial(base, result, item.checks)
+    finalize_image_dict(result)  # whatever the scan function: status follows plugins
+    ident = item.identity
+    try:
+        after = source_identity(item.source, fmt=cfg.disk_format, allow_backing=cfg.allow_backing)
+        if stat_parts(after) != stat_parts(item.identity or {}):
+            result.setdefault("errors", []).append(
+                "the image changed while it was scanned (size, times or inode of one of its "
+                "files differ): this result may be inconsistent; it is rescanned next run"
+            )
+            if result.get("status") == "ok":
+                result["status"] = "partial"
+            ident = None
+    except OSError as exc:
+        result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
+        result["status"] = "error"
+        ident = None
+    if ident is not None and incomplete_plugins(result):
+        # A check that did not complete is retried next run: nothing is carried forward.
+        ident = None
+    return result, ident
+
+
+def scan_planned_image(
+    cfg: NightlyConfig,
+    item: PlanItem,
+    *,
+    scan_fn: ScanFn | None = None,
+    base: dict[str, Any] | None = None,
+    plugin_options_extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Scan one planned image (action "scan" or "partial") and return what to store.
+
+    The per-image unit of the night for other executors (a Dask worker): no database, no
+    storing. ``plugin_options_extra`` carries services the caller runs (a clamd address and
+    descriptor); ``base`` is the stored result a partial rescan merges into.
+    """
+    scan = scan_fn or _default_scan_fn()
+    opts = make_scan_options(cfg, item.checks, 1)
+    opts.plugin_options.update(plugin_options_extra or {})
+    got: list[ImageResult] = []
+    scanned = scan([item.source.path], opts, on_image_done=got.append)
+    img = got[0] if got else (scanned.images[0] if scanned.images else None)
+    if img is None:
+        return _error_result(item.source.path, "the scanner returned no result"), None
+    return image_result(cfg, item, img, base)
 
 
 def _finish(
