@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmscan.errors import VmscanError
+from vmscan.faults import stop_point
 from vmscan.nightly.config import NightlyConfig
 
 # --------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ def discover(cfg: NightlyConfig) -> Discovery:
             sources.append(Source(path, "domain", (), error=str(exc)))
             continue
         sources.append(Source(path, "domain", disks))
+    stop_point("discovery")  # tests: SIGKILL in the middle of discovery
     owned = {os.path.realpath(d) for s in sources for d in s.disks}
     roots = _configured_roots(cfg)
     for path in candidates:

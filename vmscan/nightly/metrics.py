@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vmscan.faults import stop_point
 from vmscan.model import SEVERITY_ORDER
 from vmscan.nightly.defaults import ALL_CHECKS
 
@@ -91,9 +94,18 @@ def _label(value: str) -> str:
 
 def write_metrics(path: str | os.PathLike[str], outcome: NightlyOutcome) -> None:
     """Write the textfile atomically (node_exporter must never read half a file)."""
-    from vmscan.report.json_out import ReportWriteError, atomic_write_text
+    from vmscan.report.json_out import ReportWriteError, atomic_writer
 
+    text = format_metrics(outcome)
+    target = Path(path)
+    # A temp file left by a process killed between write and rename (the rename is atomic:
+    # the metrics file itself is always whole).
+    with contextlib.suppress(OSError):
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            stale.unlink()
     try:
-        atomic_write_text(path, format_metrics(outcome))
+        with atomic_writer(target) as fp:
+            fp.write(text)
+            stop_point("metrics")  # tests: SIGKILL while the metrics file is written
     except ReportWriteError as exc:
         log.error("metrics: %s", exc)

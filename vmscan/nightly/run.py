@@ -24,6 +24,7 @@ from vmscan.completeness import (
 )
 from vmscan.diff import iter_roots
 from vmscan.errors import VmscanError
+from vmscan.faults import stop_point
 from vmscan.model import ImageResult, ScanResult, to_jsonable
 from vmscan.nightly.config import NightlyConfig
 from vmscan.nightly.digests import data_digests, default_signatures_dir, scan_key_for
@@ -39,6 +40,7 @@ from vmscan.nightly.merge import (
 )
 from vmscan.nightly.metrics import write_metrics
 from vmscan.nightly.plan import PlanItem, plan, waves
+from vmscan.report.layout import remove_run_dir
 from vmscan.state import RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, StateDB, utcnow
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class NightlyOutcome:
     # Plugins that did not complete in this run's results, by name; images concerned.
     checks_incomplete: dict[str, int] = field(default_factory=dict)
     images_incomplete: int = 0
+    metrics_written: bool = False
 
 
 @contextlib.contextmanager
@@ -182,6 +185,10 @@ def run_nightly(
                 outcome.warnings.append(
                     f"run {rid} had been interrupted; its finished images are reused"
                 )
+            for run in db.list_runs(status=RUN_INTERRUPTED):
+                # Whatever reports an interrupted run had begun are incomplete (``latest``
+                # never pointed there); `vmscan report --run N` rebuilds them from the DB.
+                remove_run_dir(cfg.reports_dir, run.id)
             items = plan(cfg, discovery.sources, db, digests)
             outcome.plan = items
             run_id = db.begin_run(
@@ -199,6 +206,7 @@ def run_nightly(
             )
             try:
                 _execute(cfg, db, run_id, items, digests, scan, outcome, manage_services)
+                _finish(cfg, db, run_id, outcome, discovery.warnings, metrics_path, t0)
             except BaseException as exc:
                 interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
                 status = RUN_INTERRUPTED if interrupted else RUN_FAILED
@@ -206,7 +214,6 @@ def run_nightly(
                     db.finish_run(run_id, status, error=f"{type(exc).__name__}: {exc}")
                 log.error("run %d %s: %s", run_id, status, exc)
                 raise
-            _finish(cfg, db, run_id, outcome, discovery.warnings)
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
         code = int(getattr(exc, "exit_code", 130))  # 128 + signal (runctl.Interrupted)
@@ -215,7 +222,7 @@ def run_nightly(
         raise
     finally:
         outcome.duration_s = round(time.monotonic() - t0, 3)
-        if metrics_path is not None:
+        if metrics_path is not None and not outcome.metrics_written:
             write_metrics(metrics_path, outcome)
     return outcome
 
@@ -295,11 +302,15 @@ def _execute(
             store(it, result, carried=True, origin=prev.origin_run_id, ident=it.identity)
             outcome.skipped += 1
 
+    errors_before = outcome.failed  # sources that were errors before any scan
+
     def on_image_done(img: ImageResult) -> None:
         item = by_source.get(img.source) or by_source.get(os.path.realpath(img.source))
         if item is None or item.source.path in done:
             log.warning("scanner returned an unexpected source %r", img.source)
             return
+        if outcome.scanned + outcome.failed - errors_before >= 1:
+            stop_point("scanning")  # tests: SIGKILL with one scanned result stored, more running
         base = bases.get(item.source.path)
         if base is None and item.action == "partial" and item.previous_digest:
             base = db.load_result(item.previous_digest)
@@ -443,10 +454,21 @@ def scan_planned_image(
 
 
 def _finish(
-    cfg: NightlyConfig, db: StateDB, run_id: int, outcome: NightlyOutcome, warnings: list[str]
+    cfg: NightlyConfig,
+    db: StateDB,
+    run_id: int,
+    outcome: NightlyOutcome,
+    warnings: list[str],
+    metrics_path: str | os.PathLike[str] | None = None,
+    t0: float | None = None,
 ) -> None:
+    """Summary, reports, metrics, and only then the run marked complete; retention.
+
+    A run killed while its reports or metrics are written stays 'running' in the database
+    and is marked interrupted by the next open: never a complete run without its reports.
+    """
     from vmscan.report.json_out import ReportWriteError
-    from vmscan.report.layout import remove_run_dir, write_run_reports
+    from vmscan.report.layout import update_latest, write_run_reports
 
     doc = db.run_document(run_id)
     summary = summarize(doc)
@@ -471,18 +493,43 @@ def _finish(
     outcome.images_incomplete = sum(1 for i in incomplete if i)
     outcome.checks_incomplete = dict(Counter(x.plugin for i in incomplete for x in i))
     code = exit_code(doc, cfg.fail_on)
-    db.finish_run(run_id, RUN_COMPLETE, summary=summary)
+    finished_at = utcnow()
+    db.set_summary(run_id, summary)
+    status = RUN_COMPLETE
     try:
         report = build_report_document(db, run_id, trend_runs=cfg.trend_runs)
-        outcome.reports = write_run_reports(cfg.reports_dir, run_id, report, list(cfg.formats))
+        # The report shows the run as it is stored once these files are written.
+        report["finished_at"] = finished_at
+        report["sections"]["run"]["status"] = RUN_COMPLETE
+        for point in report["sections"].get("trend") or []:
+            if point.get("run") == run_id:
+                point["status"] = RUN_COMPLETE
+        outcome.reports = write_run_reports(
+            cfg.reports_dir, run_id, report, list(cfg.formats), latest=False
+        )
     except ReportWriteError as exc:
         outcome.error = str(exc)
         log.error("run %d: %s", run_id, exc)
         # Results are all stored; only the reports are missing (`vmscan report` can redo
         # them once there is space). The run is marked failed so it is not the baseline.
-        db.finish_run(run_id, RUN_FAILED, summary=summary, error=str(exc))
+        status = RUN_FAILED
         code = EXIT_IMAGE_ERROR
     outcome.exit_code = code
+    if metrics_path is not None:
+        if t0 is not None:
+            outcome.duration_s = round(time.monotonic() - t0, 3)
+        write_metrics(metrics_path, outcome)
+        outcome.metrics_written = True
+    db.finish_run(run_id, status, summary=summary, error=outcome.error, finished_at=finished_at)
+    if status == RUN_COMPLETE:
+        # Only a run recorded complete becomes ``latest`` (killed before this line, the
+        # next run repoints it).
+        try:
+            update_latest(cfg.reports_dir, run_id)
+        except ReportWriteError as exc:
+            outcome.error = str(exc)
+            outcome.exit_code = EXIT_IMAGE_ERROR
+            log.error("run %d: %s", run_id, exc)
     expired = db.runs_to_expire(keep_runs=cfg.keep_runs, keep_days=cfg.keep_days)
     if expired:
         db.delete_runs(expired)
