@@ -130,3 +130,35 @@ def test_kill_9_at_each_point(tmp_path: Path, point: str) -> None:
         [str(first.run_id), str(out.run_id), "latest"]
     )
     assert f"vmscan_nightly_last_run_id {out.run_id}\n" in metrics.read_text()
+
+
+def test_second_nightly_at_once_stops_with_a_clear_message(tmp_path: Path) -> None:
+    for n in range(3):
+        _guest(tmp_path, n, "3.0.9-1")
+    cfg = load_config(write_config(tmp_path, str(tmp_path / "imgs" / "*.img")))
+    metrics = tmp_path / "vmscan.prom"
+    ready = tmp_path / "stopped"
+    env = {**os.environ, "VMSCAN_TEST_STOP_AT": "scanning", "VMSCAN_TEST_STOP_FILE": str(ready)}
+    script = _CHILD.format(tests=str(TESTS), cfg=str(cfg.path), metrics=str(metrics))
+    first = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: ready.exists() or first.poll() is not None, 120)
+        assert ready.exists()
+        with StateDB(cfg.state_db, readonly=True) as db:
+            stored_before = len(db.image_rows(db.list_runs()[0].id))
+        second = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ},
+            capture_output=True,
+            timeout=120,
+        )
+        assert second.returncode == 2, second.stderr
+        err = second.stderr.decode()
+        assert "another vmscan nightly is running" in err and str(cfg.state_db) in err
+        assert not metrics.exists()  # the running night owns the metrics file
+        with StateDB(cfg.state_db, readonly=True) as db:
+            (run,) = db.list_runs()  # the second began no run and stored nothing
+            assert run.status == "running" and len(db.image_rows(run.id)) == stored_before
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)

@@ -215,6 +215,9 @@ def run_nightly(
                 log.error("run %d %s: %s", run_id, status, exc)
                 raise
     except BaseException as exc:
+        if isinstance(exc, BusyError):
+            # The run that holds the lock owns the metrics file: left alone.
+            outcome.metrics_written = True
         interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
         code = int(getattr(exc, "exit_code", 130))  # 128 + signal (runctl.Interrupted)
         outcome.exit_code = code if interrupted else EXIT_IMAGE_ERROR
