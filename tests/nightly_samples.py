@@ -58,13 +58,14 @@ def image_from_spec(source: str, spec: dict[str, Any], checks: tuple[str, ...]) 
     if spec.get("error"):
         return ImageResult(source=source, status=ImageStatus.ERROR, errors=[spec["error"]])
     os_info = OSInfo(
-        type="linux",
+        type=spec.get("os_type", "linux"),
         distro=spec.get("distro", "debian"),
         product_name=spec.get("product", "Debian GNU/Linux 12"),
         major_version=int(spec.get("major", 12)),
         arch="x86_64",
         hostname=spec.get("hostname", "vm"),
-        package_format="deb",
+        package_format=spec.get("package_format", "deb"),
+        extra=dict(spec.get("os_extra") or {}),
     )
     root = RootResult(device="/dev/sda1", os=os_info)
     root.packages = [

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmscan.errors import VmscanError
+from vmscan.faults import stop_point
 
 log = logging.getLogger(__name__)
 
@@ -485,6 +486,7 @@ class StateDB:
                     utcnow(),
                 ),
             )
+            stop_point("storing")  # tests: SIGKILL in the middle of this transaction
 
     @staticmethod
     def _image_row(row: sqlite3.Row) -> ImageRow:

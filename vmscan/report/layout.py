@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vmscan.faults import stop_point
 from vmscan.report.json_out import ReportWriteError, atomic_writer
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,15 @@ def report_path(reports_dir: str | os.PathLike[str], run_id: int, fmt: str) -> P
 
 
 def write_run_reports(
-    reports_dir: str | os.PathLike[str], run_id: int, doc: dict[str, Any], formats: list[str]
+    reports_dir: str | os.PathLike[str],
+    run_id: int,
+    doc: dict[str, Any],
+    formats: list[str],
+    *,
+    latest: bool = True,
 ) -> list[Path]:
-    """Write each format atomically, then point ``latest`` at the run. Returns the files."""
+    """Write each format atomically, then point ``latest`` at the run (unless ``latest`` is
+    False: the caller repoints it once the run is recorded complete). Returns the files."""
     from vmscan.report import WRITERS
 
     written: list[Path] = []
@@ -50,7 +57,9 @@ def write_run_reports(
         with atomic_writer(path) as fp:
             writer(doc, fp)
         written.append(path)
-    update_latest(reports_dir, run_id)
+        stop_point("reports")  # tests: SIGKILL between two report files
+    if latest:
+        update_latest(reports_dir, run_id)
     return written
 
 

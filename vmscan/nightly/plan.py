@@ -1,0 +1,138 @@
+"""The night's plan: per source, carry the stored result, re-check some checks, or scan."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vmscan.nightly.config import NightlyConfig
+from vmscan.nightly.digests import COMPONENT_CHECK, changed_checks, keys_for, relevant_digests
+from vmscan.nightly.discovery import Source
+from vmscan.nightly.identity import chain_problems, source_identity
+from vmscan.state import StateDB
+
+# Which check's results depend on which data digest: a change of only that digest
+# re-runs only that check on an otherwise unchanged image.
+DIGEST_CHECKS: dict[str, str] = COMPONENT_CHECK
+
+
+# --------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclass
+class PlanItem:
+    """What the night does with one source."""
+
+    source: Source
+    action: str  # "scan" | "partial" | "carry" | "error"
+    reason: str
+    identity: dict[str, Any] | None = None
+    base_key: str = ""
+    scan_key: str = ""
+    checks: tuple[str, ...] = ()
+    previous_run: int | None = None
+    previous_digest: str = ""
+    storage: str = ""
+
+
+def _storage_of(src: Source, how: str) -> str:
+    first = src.disks[0] if src.disks else src.path
+    if how == "folder":
+        return os.path.dirname(os.path.realpath(first))
+    try:
+        return f"dev:{os.stat(first).st_dev}"
+    except OSError:
+        return os.path.dirname(os.path.realpath(first))
+
+
+def plan(
+    cfg: NightlyConfig, sources: list[Source], db: StateDB | None, digests: dict[str, str]
+) -> list[PlanItem]:
+    """Decide, per source: carry the stored result forward, rescan some checks, or scan."""
+    items: list[PlanItem] = []
+    for src in sources:
+        storage = _storage_of(src, cfg.storage_group)
+        if src.error:
+            items.append(PlanItem(src, "error", src.error, storage=storage))
+            continue
+        try:
+            identity = source_identity(src, fmt=cfg.disk_format, allow_backing=cfg.allow_backing)
+        except OSError as exc:
+            why = "image vanished" if isinstance(exc, FileNotFoundError) else "cannot read image"
+            items.append(PlanItem(src, "error", f"{why}: {exc}", storage=storage))
+            continue
+        prev = db.latest_image_row(src.path) if db is not None else None
+        # The OS types of the stored result say which digests it depends on (a Linux
+        # image does not depend on the Windows cumulative-update table).
+        os_types = (prev.identity or {}).get("os_types") if prev is not None else None
+        base_key, scan_key = keys_for(identity, cfg, digests, os_types)
+        item = PlanItem(
+            src,
+            "scan",
+            "new image",
+            identity,
+            base_key,
+            scan_key,
+            tuple(cfg.checks),
+            storage=storage,
+        )
+        if prev is not None:
+            item.previous_run = prev.run_id
+            item.previous_digest = prev.result_digest
+            prev_meta = prev.identity or {}
+            problems = chain_problems(identity)
+            if problems:
+                # Not knowing what the disk is made of is not "unchanged": scanned again
+                # (the scan reports the refusal or the damage itself).
+                item.reason = f"its chain could not be walked ({problems[0]}): scanned"
+            elif not prev.scan_key and prev.status != "error":
+                # Stored without a key: a check did not complete (or the image changed
+                # under the scan). Never carried forward: scanned again.
+                item.reason = (
+                    f"the scan of run {prev.run_id} did not complete (or the image changed "
+                    "under it): retried"
+                )
+            elif prev.scan_key == scan_key:
+                item.action, item.reason = "carry", f"unchanged since run {prev.origin_run_id}"
+            elif prev_meta.get("base_key") == base_key:
+                old = relevant_digests(prev_meta.get("digests") or {}, os_types)
+                changed = changed_checks(old, relevant_digests(digests, os_types), cfg.checks)
+                if changed:
+                    item.action, item.checks = "partial", tuple(changed)
+                    item.reason = f"image unchanged; data changed for {', '.join(changed)}"
+                else:
+                    item.reason = "scan settings changed"
+            else:
+                item.reason = "image or settings changed"
+        items.append(item)
+    return items
+
+
+def waves(items: list[PlanItem], jobs: int, per_storage: int) -> list[list[PlanItem]]:
+    """Batches with at most ``jobs`` images and ``per_storage`` per storage group each.
+
+    Groups are taken round-robin so one busy datastore does not delay the others.
+    """
+    groups: dict[str, list[PlanItem]] = {}
+    for it in items:
+        groups.setdefault(it.storage, []).append(it)
+    if not items:
+        return []
+    if per_storage >= jobs or len(groups) == 1:
+        # The limit cannot bind (or the caller caps jobs at per_storage): one batch lets
+        # the scanner keep every worker busy instead of waiting for a wave's slowest image.
+        return [list(items)]
+    out: list[list[PlanItem]] = []
+    queues = [list(g) for g in groups.values()]
+    while any(queues):
+        wave: list[PlanItem] = []
+        for q in queues:
+            take = min(per_storage, len(q), jobs - len(wave))
+            wave.extend(q[:take])
+            del q[:take]
+            if len(wave) >= jobs:
+                break
+        out.append(wave)
+    return out

@@ -1,0 +1,558 @@
+"""One night: lock, plan, scan what changed, store per image, reports, retention."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmscan import __version__
+from vmscan.completeness import (
+    EXIT_IMAGE_ERROR,
+    EXIT_OK,
+    exit_code,
+    finalize_image_dict,
+    incomplete_plugins,
+)
+from vmscan.diff import iter_roots
+from vmscan.errors import VmscanError
+from vmscan.faults import stop_point
+from vmscan.model import ImageResult, ScanResult, to_jsonable
+from vmscan.nightly.config import NightlyConfig
+from vmscan.nightly.digests import data_digests, default_signatures_dir, scan_key_for
+from vmscan.nightly.discovery import discover
+from vmscan.nightly.identity import source_identity, stat_parts
+from vmscan.nightly.merge import (
+    OFFLINE_CHECKS,
+    _error_result,
+    _merge_partial,
+    build_report_document,
+    offline_recheck,
+    summarize,
+)
+from vmscan.nightly.metrics import write_metrics
+from vmscan.nightly.plan import PlanItem, plan, waves
+from vmscan.report.layout import remove_run_dir
+from vmscan.state import RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, StateDB, utcnow
+
+log = logging.getLogger(__name__)
+
+ScanFn = Callable[..., ScanResult]
+
+
+class BusyError(VmscanError):
+    """Another nightly job holds the state database's lock."""
+
+
+# --------------------------------------------------------------------------------------
+# The night
+
+
+@dataclass
+class NightlyOutcome:
+    """What a nightly run did."""
+
+    run_id: int | None
+    exit_code: int
+    plan: list[PlanItem]
+    scanned: int = 0
+    failed: int = 0
+    skipped: int = 0
+    partial_rescans: int = 0
+    duration_s: float = 0.0
+    reports: list[Path] = field(default_factory=list)
+    findings_by_severity: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    expired_runs: list[int] = field(default_factory=list)
+    error: str = ""
+    # Plugins that did not complete in this run's results, by name; images concerned.
+    checks_incomplete: dict[str, int] = field(default_factory=dict)
+    images_incomplete: int = 0
+    metrics_written: bool = False
+
+
+@contextlib.contextmanager
+def run_lock(db_path: Path) -> Iterator[None]:
+    """One nightly per state database at a time (flock on ``<db>.lock``)."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise BusyError(
+                f"another vmscan nightly is running with {db_path} (lock {lock_path})"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)
+
+
+def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
+    """Options handed to catalogers and checks (as ``vmscan scan`` builds them)."""
+    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
+    options: dict[str, Any] = {"av_scope": cfg.av_scope, "signatures_dir": str(sig_dir)}
+    if cfg.clamd:
+        options["clamd"] = cfg.clamd
+    if cfg.license_policy:
+        options["license_policy"] = cfg.license_policy
+    if "patch" in cfg.checks:
+        # Compile the advisory index once; workers open it read-only by this path.
+        with contextlib.suppress(ImportError, OSError, ValueError, VmscanError):
+            from vmscan.advisories import prepare
+
+            prepare(options)
+    return options
+
+
+def make_scan_options(cfg: NightlyConfig, checks: tuple[str, ...], jobs: int) -> Any:
+    """The scanner's ScanOptions for this config (only the fields it knows)."""
+    from vmscan.scanner import ScanOptions
+
+    plugin_options_ = plugin_options(cfg)
+    wanted: dict[str, Any] = {
+        "jobs": jobs,
+        "memsize": cfg.memsize,
+        "timeout": cfg.timeout,
+        "accel": cfg.accel,
+        "manifest": cfg.manifest,
+        "checks": checks,
+        "fail_on": cfg.fail_on,
+        "allow_backing": cfg.allow_backing,
+        "disk_format": cfg.disk_format,
+        "state_db": str(cfg.state_db),
+        "quiet": True,
+        "plugin_options": plugin_options_,
+    }
+    names = {f.name for f in dataclasses.fields(ScanOptions)}
+    return ScanOptions(**{k: v for k, v in wanted.items() if k in names})
+
+
+def _default_scan_fn() -> ScanFn:
+    from vmscan.scanner import scan_sources
+
+    return scan_sources
+
+
+@contextlib.contextmanager
+def _services(opts: Any) -> Iterator[None]:
+    """vmscan's own clamd for the run, as ``vmscan scan`` does (when the CLI offers it)."""
+    try:
+        from vmscan.cli import _managed_services
+    except ImportError:
+        yield
+        return
+    with _managed_services(opts):
+        yield
+
+
+def run_nightly(
+    cfg: NightlyConfig,
+    *,
+    scan_fn: ScanFn | None = None,
+    metrics_path: str | os.PathLike[str] | None = None,
+    manage_services: bool | None = None,
+) -> NightlyOutcome:
+    """One night: plan, scan what changed, store per image, report, expire, metrics."""
+    t0 = time.monotonic()
+    real_scanner = scan_fn is None
+    # Looked up on the package: the seam a test replaces in a child process
+    # (``vmscan.nightly._default_scan_fn = ...``) before calling the CLI.
+    import vmscan.nightly as package
+
+    scan = scan_fn or package._default_scan_fn()
+    if manage_services is None:
+        manage_services = real_scanner
+    discovery = discover(cfg)
+    for w in discovery.warnings:
+        log.warning("%s", w)
+    outcome = NightlyOutcome(
+        run_id=None, exit_code=EXIT_OK, plan=[], warnings=list(discovery.warnings)
+    )
+    digests = data_digests(cfg)
+    try:
+        with run_lock(cfg.state_db), StateDB(cfg.state_db) as db:
+            for rid in db.recovered:
+                outcome.warnings.append(
+                    f"run {rid} had been interrupted; its finished images are reused"
+                )
+            for run in db.list_runs(status=RUN_INTERRUPTED):
+                # Whatever reports an interrupted run had begun are incomplete (``latest``
+                # never pointed there); `vmscan report --run N` rebuilds them from the DB.
+                remove_run_dir(cfg.reports_dir, run.id)
+            items = plan(cfg, discovery.sources, db, digests)
+            outcome.plan = items
+            run_id = db.begin_run(
+                config_digest=cfg.digest(),
+                vmscan_version=__version__,
+                checks=cfg.checks,
+                digests=digests,
+            )
+            outcome.run_id = run_id
+            log.info(
+                "run %d: %d source(s): %s",
+                run_id,
+                len(items),
+                dict(Counter(i.action for i in items)),
+            )
+            try:
+                _execute(cfg, db, run_id, items, digests, scan, outcome, manage_services)
+                _finish(cfg, db, run_id, outcome, discovery.warnings, metrics_path, t0)
+            except BaseException as exc:
+                interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+                status = RUN_INTERRUPTED if interrupted else RUN_FAILED
+                with contextlib.suppress(VmscanError):
+                    db.finish_run(run_id, status, error=f"{type(exc).__name__}: {exc}")
+                log.error("run %d %s: %s", run_id, status, exc)
+                raise
+    except BaseException as exc:
+        if isinstance(exc, BusyError):
+            # The run that holds the lock owns the metrics file: left alone.
+            outcome.metrics_written = True
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        code = int(getattr(exc, "exit_code", 130))  # 128 + signal (runctl.Interrupted)
+        outcome.exit_code = code if interrupted else EXIT_IMAGE_ERROR
+        outcome.error = outcome.error or f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        outcome.duration_s = round(time.monotonic() - t0, 3)
+        if metrics_path is not None and not outcome.metrics_written:
+            write_metrics(metrics_path, outcome)
+    return outcome
+
+
+def _execute(
+    cfg: NightlyConfig,
+    db: StateDB,
+    run_id: int,
+    items: list[PlanItem],
+    digests: dict[str, str],
+    scan: ScanFn,
+    outcome: NightlyOutcome,
+    manage_services: bool,
+) -> None:
+    by_source: dict[str, PlanItem] = {}
+    for it in items:
+        by_source[it.source.path] = it
+        by_source.setdefault(os.path.realpath(it.source.path), it)
+    done: set[str] = set()
+    # Partial items whose offline checks already ran: the merge base of their scan.
+    bases: dict[str, dict[str, Any]] = {}
+    offline_done: dict[str, tuple[str, ...]] = {}
+
+    def store(
+        item: PlanItem,
+        result: dict[str, Any],
+        *,
+        carried: bool = False,
+        origin: int | None = None,
+        ident: dict[str, Any] | None = None,
+        offline: bool = False,
+    ) -> None:
+        meta = None
+        scan_key = ""
+        if ident is not None:
+            # The digests this result depends on follow from its OS types (the plan of the
+            # next night reads them back from here).
+            os_types = sorted(
+                {str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)}
+            )
+            meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
+            scan_key = scan_key_for(item.base_key, digests, os_types)
+        old_state = (result.get("sections") or {}).get("state") or {}
+        scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
+            "finished_at", ""
+        )
+        state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
+        if item.action == "partial":
+            state["rescanned_checks"] = sorted(
+                {*offline_done.get(item.source.path, ()), *item.checks}
+            )
+            if item.source.path in offline_done and not offline:
+                state["offline_checks"] = list(offline_done[item.source.path])
+            state["rechecked_at"] = utcnow()
+            # Offline: re-run on the stored inventory, the image was not opened.
+            state["rechecked_offline"] = offline
+        result.setdefault("sections", {})["state"] = state
+        db.add_image_result(
+            run_id,
+            item.source.path,
+            result,
+            identity=meta,
+            scan_key=scan_key,
+            carried_forward=carried,
+            origin_run_id=origin,
+        )
+        done.add(item.source.path)
+
+    for it in items:
+        if it.action == "error":
+            store(it, _error_result(it.source.path, it.reason))
+            outcome.failed += 1
+        elif it.action == "carry":
+            prev = db.latest_image_row(it.source.path)
+            assert prev is not None
+            result = db.load_result(prev.result_digest)
+            store(it, result, carried=True, origin=prev.origin_run_id, ident=it.identity)
+            outcome.skipped += 1
+
+    errors_before = outcome.failed  # sources that were errors before any scan
+
+    def on_image_done(img: ImageResult) -> None:
+        item = by_source.get(img.source) or by_source.get(os.path.realpath(img.source))
+        if item is None or item.source.path in done:
+            log.warning("scanner returned an unexpected source %r", img.source)
+            return
+        if outcome.scanned + outcome.failed - errors_before >= 1:
+            stop_point("scanning")  # tests: SIGKILL with one scanned result stored, more running
+        base = bases.get(item.source.path)
+        if base is None and item.action == "partial" and item.previous_digest:
+            base = db.load_result(item.previous_digest)
+        result, ident = image_result(cfg, item, img, base)
+        if result.get("status") == "error":
+            outcome.failed += 1
+            log.error("%s: %s", item.source.path, "; ".join(result.get("errors") or []) or "error")
+        else:
+            outcome.scanned += 1
+            if item.action == "partial":
+                outcome.partial_rescans += 1
+        store(item, result, ident=ident)
+        log.info("%s: %s", item.source.path, result.get("status"))
+
+    offline_options: dict[str, Any] | None = None
+    for it in items:
+        if it.action != "partial" or not it.previous_digest:
+            continue
+        offline = tuple(c for c in it.checks if c in OFFLINE_CHECKS)
+        online = tuple(c for c in it.checks if c not in OFFLINE_CHECKS)
+        if not offline:
+            continue
+        if offline_options is None:
+            offline_options = {**plugin_options(cfg), "state_db": str(cfg.state_db)}
+        rechecked = offline_recheck(db.load_result(it.previous_digest), offline, offline_options)
+        if rechecked is None:
+            continue
+        rechecked.setdefault("errors", [])
+        if online:
+            # The rest needs the appliance: scanned for those checks only, merged into this.
+            bases[it.source.path], offline_done[it.source.path] = rechecked, offline
+            it.checks = online
+            log.info("%s: re-checked %s offline", it.source.path, ", ".join(offline))
+            continue
+        ident = None if incomplete_plugins(rechecked) else it.identity
+        store(it, rechecked, ident=ident, offline=True)
+        outcome.partial_rescans += 1
+        log.info("%s: re-checked %s without opening it", it.source.path, ", ".join(it.checks))
+
+    to_scan = [
+        it for it in items if it.action in ("scan", "partial") and it.source.path not in done
+    ]
+    by_checks: dict[tuple[str, ...], list[PlanItem]] = {}
+    for it in to_scan:
+        by_checks.setdefault(it.checks, []).append(it)
+
+    def _collect(wave: list[PlanItem], scanned: ScanResult) -> None:
+        # A scan function that returns results without calling back is fine too.
+        for img in scanned.images:
+            item = by_source.get(img.source)
+            if item is not None and item.source.path not in done:
+                on_image_done(img)
+        for w in wave:
+            if w.source.path not in done:
+                store(w, _error_result(w.source.path, "the scanner returned no result"))
+                outcome.failed += 1
+
+    with contextlib.ExitStack() as night:
+        # One managed clamd for the whole night (started when the first wave needs it),
+        # sized for cfg.jobs; each wave's options get its descriptor in memory.
+        shared: dict[str, Any] | None = None
+        for checks, group in by_checks.items():
+            for wave in waves(group, cfg.jobs, cfg.max_per_storage):
+                jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
+                if len({w.storage for w in wave}) > 1:
+                    jobs = min(cfg.jobs, len(wave))
+                opts = make_scan_options(cfg, checks, jobs)
+                if manage_services and shared is None and "antivirus" in checks:
+                    night_opts = make_scan_options(cfg, tuple(cfg.checks), cfg.jobs)
+                    night.enter_context(_services(night_opts))
+                    shared = night_opts.plugin_options
+                for key in _SHARED_SERVICE_KEYS:
+                    if shared is not None and key in shared:
+                        opts.plugin_options[key] = shared[key]
+                scanned = scan([w.source.path for w in wave], opts, on_image_done=on_image_done)
+                _collect(wave, scanned)
+
+
+#: What the night's managed services hand to every wave (in memory, never a file).
+_SHARED_SERVICE_KEYS = ("clamd", "clamd_descriptor", "clamd_error")
+
+
+def image_result(
+    cfg: NightlyConfig, item: PlanItem, img: ImageResult, base: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The result to store for one scanned planned image, and the identity to store with it.
+
+    ``base``: for a partial rescan, the stored result whose other checks are kept. The
+    identity is None when the result must not be carried forward (a check did not complete,
+    the image changed or vanished under the scan). Stores nothing.
+    """
+    result: dict[str, Any] = to_jsonable(img)
+    result["source"] = item.source.path
+    if item.action == "partial" and base is not None:
+        result = _merge_partial(base, result, item.checks)
+    finalize_image_dict(result)  # whatever the scan function: status follows plugins
+    ident = item.identity
+    try:
+        after = source_identity(item.source, fmt=cfg.disk_format, allow_backing=cfg.allow_backing)
+        if stat_parts(after) != stat_parts(item.identity or {}):
+            result.setdefault("errors", []).append(
+                "the image changed while it was scanned (size, times or inode of one of its "
+                "files differ): this result may be inconsistent; it is rescanned next run"
+            )
+            if result.get("status") == "ok":
+                result["status"] = "partial"
+            ident = None
+    except OSError as exc:
+        result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
+        result["status"] = "error"
+        ident = None
+    if ident is not None and incomplete_plugins(result):
+        # A check that did not complete is retried next run: nothing is carried forward.
+        ident = None
+    return result, ident
+
+
+def scan_planned_image(
+    cfg: NightlyConfig,
+    item: PlanItem,
+    *,
+    scan_fn: ScanFn | None = None,
+    base: dict[str, Any] | None = None,
+    plugin_options_extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Scan one planned image (action "scan" or "partial") and return what to store.
+
+    The per-image unit of the night for other executors (a Dask worker): no database, no
+    storing. ``plugin_options_extra`` carries services the caller runs (a clamd address and
+    descriptor); ``base`` is the stored result a partial rescan merges into.
+    """
+    scan = scan_fn or _default_scan_fn()
+    opts = make_scan_options(cfg, item.checks, 1)
+    opts.plugin_options.update(plugin_options_extra or {})
+    got: list[ImageResult] = []
+    scanned = scan([item.source.path], opts, on_image_done=got.append)
+    img = got[0] if got else (scanned.images[0] if scanned.images else None)
+    if img is None:
+        return _error_result(item.source.path, "the scanner returned no result"), None
+    return image_result(cfg, item, img, base)
+
+
+def _finish(
+    cfg: NightlyConfig,
+    db: StateDB,
+    run_id: int,
+    outcome: NightlyOutcome,
+    warnings: list[str],
+    metrics_path: str | os.PathLike[str] | None = None,
+    t0: float | None = None,
+) -> None:
+    """Summary, reports, metrics, and only then the run marked complete; retention.
+
+    A run killed while its reports or metrics are written stays 'running' in the database
+    and is marked interrupted by the next open: never a complete run without its reports.
+    """
+    from vmscan.report.json_out import ReportWriteError
+    from vmscan.report.layout import update_latest, write_run_reports
+
+    doc = db.run_document(run_id)
+    summary = summarize(doc)
+    summary["nightly"] = {
+        "scanned": outcome.scanned,
+        "failed": outcome.failed,
+        "skipped_unchanged": outcome.skipped,
+        "partial_rescans": outcome.partial_rescans,
+        "warnings": warnings,
+        "plan": [
+            {
+                "source": p.source.path,
+                "action": p.action,
+                "reason": p.reason,
+                "checks": list(p.checks),
+            }
+            for p in outcome.plan
+        ],
+    }
+    outcome.findings_by_severity = dict(summary["findings_by_severity"])
+    incomplete = [incomplete_plugins(img) for img in doc.get("images") or []]
+    outcome.images_incomplete = sum(1 for i in incomplete if i)
+    outcome.checks_incomplete = dict(Counter(x.plugin for i in incomplete for x in i))
+    code = exit_code(doc, cfg.fail_on)
+    finished_at = utcnow()
+    db.set_summary(run_id, summary)
+    status = RUN_COMPLETE
+    try:
+        report = build_report_document(db, run_id, trend_runs=cfg.trend_runs)
+        # The report shows the run as it is stored once these files are written.
+        report["finished_at"] = finished_at
+        report["sections"]["run"]["status"] = RUN_COMPLETE
+        for point in report["sections"].get("trend") or []:
+            if point.get("run") == run_id:
+                point["status"] = RUN_COMPLETE
+        outcome.reports = write_run_reports(
+            cfg.reports_dir, run_id, report, list(cfg.formats), latest=False
+        )
+    except ReportWriteError as exc:
+        outcome.error = str(exc)
+        log.error("run %d: %s", run_id, exc)
+        # Results are all stored; only the reports are missing (`vmscan report` can redo
+        # them once there is space). The run is marked failed so it is not the baseline.
+        status = RUN_FAILED
+        code = EXIT_IMAGE_ERROR
+    outcome.exit_code = code
+    if metrics_path is not None:
+        if t0 is not None:
+            outcome.duration_s = round(time.monotonic() - t0, 3)
+        write_metrics(metrics_path, outcome)
+        outcome.metrics_written = True
+    db.finish_run(run_id, status, summary=summary, error=outcome.error, finished_at=finished_at)
+    if status == RUN_COMPLETE:
+        # Only a run recorded complete becomes ``latest`` (killed before this line, the
+        # next run repoints it).
+        try:
+            update_latest(cfg.reports_dir, run_id)
+        except ReportWriteError as exc:
+            outcome.error = str(exc)
+            outcome.exit_code = EXIT_IMAGE_ERROR
+            log.error("run %d: %s", run_id, exc)
+    expired = db.runs_to_expire(keep_runs=cfg.keep_runs, keep_days=cfg.keep_days)
+    if expired:
+        db.delete_runs(expired)
+        for rid in expired:
+            remove_run_dir(cfg.reports_dir, rid)
+        outcome.expired_runs = expired
+        log.info("retention: removed runs %s", ", ".join(map(str, expired)))
+
+
+# --------------------------------------------------------------------------------------
+# Dry run
+
+
+def dry_run(cfg: NightlyConfig) -> list[PlanItem]:
+    """What a run would do, without writing anything (the database is read if present)."""
+    discovery = discover(cfg)
+    for w in discovery.warnings:
+        log.warning("%s", w)
+    digests = data_digests(cfg)
+    if cfg.state_db.exists():
+        with StateDB(cfg.state_db, readonly=True) as db:
+            return plan(cfg, discovery.sources, db, digests)
+    return plan(cfg, discovery.sources, None, digests)
