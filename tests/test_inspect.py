@@ -54,8 +54,30 @@ def test_mbr_with_logical_partitions(tmp_path: Path) -> None:
     assert sorted(sizes) == ["/dev/sda1", "/dev/sda2", "/dev/sda3", "/dev/sda5", "/dev/sda6"]
     assert sizes["/dev/sda1"] == 8 * 1024 * 1024 and sizes["/dev/sda3"] == 1024
     assert sizes["/dev/sda5"] == 4 * 1024 * 1024
+    table = inspect.partition_table(_file_reader(disk), "/dev/sda")
+    assert table["/dev/sda1"][0] == 1024 * 1024  # sfdisk aligns to 1 MiB
+    assert table["/dev/sda5"][0] > table["/dev/sda3"][0]
     head = _file_reader(disk)(0, 8192)
     assert inspect.ptable_type(head) == "msdos"
+
+
+def test_gpt_beyond_what_linux_shows(cases: dict[str, Path]) -> None:
+    table = inspect.partition_table(_file_reader(cases["gpt300-unseen"]), "/dev/sda")
+    assert len(table) == 300
+    off, size = table["/dev/sda300"]
+    with open(cases["gpt300-unseen"], "rb") as fh:
+        fh.seek(off + 1080)
+        assert fh.read(2) == b"\x53\xef"  # the ext4 magic where the table says it starts
+    assert size == 16 * 1024 * 1024
+
+
+def test_whole_disk_luks_refused_on_the_host_even_as_raw(cases: dict[str, Path]) -> None:
+    from vmscan.disk import resolve_source
+    from vmscan.errors import ImageError
+
+    for fmt in (None, "raw"):
+        with pytest.raises(ImageError, match="whole-disk LUKS encrypted volume: encrypted, no"):
+            resolve_source(str(cases["luks-whole-disk"]), fmt, (), None)
 
 
 def test_ptable_types(cases: dict[str, Path]) -> None:
@@ -131,6 +153,13 @@ def test_messages_name_what_was_not_looked_at() -> None:
         "encrypted": [{"device": "/dev/sda1", "kind": "LUKS"}],
     }
     msgs = inspect.probe_messages(facts)
+    assert len(msgs) == 2
     assert msgs[0].startswith("36 of 100 partitions/volumes were not probed")
     assert "/dev/sda65" in msgs[0] and "not scanned" in msgs[0]
     assert msgs[1] == "/dev/sda1: LUKS encrypted volume: encrypted, no key given: not scanned"
+    assert inspect.nothing_found(facts) == msgs[1]
+    facts = {"probe": {"empty": 128}, "partition_tables": {"/dev/sda": "gpt"}}
+    assert inspect.nothing_found(facts).endswith("found (128 empty partitions)")
+    assert inspect.nothing_found({"partition_tables": {"/dev/sda": None}}).endswith(
+        "(no partition table either: not a disk?)"
+    )

@@ -50,7 +50,7 @@ class Limits:
     """Budgets of one image's inspection (hostile images choose the sizes)."""
 
     #: Partitions, LVs and md devices probed with blkid at most.
-    max_probed: int = 64
+    max_probed: int = 32
     #: Smaller than this holds no filesystem vmscan can walk (ext2's minimum is 60 KiB).
     min_fs_bytes: int = 60 * 1024
     #: Filesystems mounted by our own inspection at most.
@@ -70,7 +70,6 @@ DEFAULT_LIMITS = Limits()
 
 #: Bytes read from the start and the end of each candidate device.
 _HEAD = 68 * 1024  # btrfs (64 KiB + 64), ReiserFS (64 KiB), ISO 9660 (32 KiB), swap, LVM
-_TAIL = 128 * 1024  # md 0.90/1.0 superblocks, ZFS labels 2 and 3
 
 #: What blkid may say that holds no files to walk (and is not probed further).
 ENCRYPTED = {"crypto_LUKS": "LUKS", "BitLocker": "BitLocker"}
@@ -85,6 +84,8 @@ class Probe:
     empty: list[str] = field(default_factory=list)
     too_small: list[str] = field(default_factory=list)
     not_probed: list[str] = field(default_factory=list)
+    #: In the partition table but not shown by the appliance's kernel.
+    unseen: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +96,8 @@ class Probe:
             "too_small": len(self.too_small),
             "not_probed": len(self.not_probed),
             "not_probed_first": self.not_probed[:10],
+            "unseen": len(self.unseen),
+            "unseen_first": self.unseen[:10],
             "failed": dict(list(self.failed.items())[:10]),
         }
 
@@ -109,7 +112,12 @@ _GPT_ENTRIES_LIMIT = 1024 * 1024
 
 
 def partition_sizes(read: Callable[[int, int], bytes], disk: str) -> dict[str, int]:
-    """Partition -> size in bytes from the disk's own GPT or MBR, read with bounded reads.
+    """Partition -> size in bytes (see :func:`partition_table`)."""
+    return {name: size for name, (_off, size) in partition_table(read, disk).items()}
+
+
+def partition_table(read: Callable[[int, int], bytes], disk: str) -> dict[str, tuple[int, int]]:
+    """Partition -> (offset, size) in bytes from the disk's own GPT or MBR, bounded reads.
 
     Parsed here because the appliance's ways to ask cost a program run per partition under
     TCG: ``blockdev_getsize64`` about 2 s each, ``part_get_gpt_type`` (sgdisk) 30 s,
@@ -117,7 +125,7 @@ def partition_sizes(read: Callable[[int, int], bytes], disk: str) -> dict[str, i
     Partitions are named as Linux numbers them (GPT: the entry's slot; MBR: 1-4, logical 5+).
     """
     head = read(0, 8192)
-    out: dict[str, int] = {}
+    out: dict[str, tuple[int, int]] = {}
     for sector in (512, 4096):
         hdr = head[sector : sector + 92]
         if hdr[:8] != b"EFI PART":
@@ -132,7 +140,7 @@ def partition_sizes(read: Callable[[int, int], bytes], disk: str) -> dict[str, i
                 continue
             first, last = struct.unpack_from("<QQ", ent, 32)
             if last >= first:
-                out[f"{disk}{i + 1}"] = (last - first + 1) * sector
+                out[f"{disk}{i + 1}"] = (first * sector, (last - first + 1) * sector)
         return out
     if head[510:512] != b"\x55\xaa":
         return out
@@ -142,10 +150,11 @@ def partition_sizes(read: Callable[[int, int], bytes], disk: str) -> dict[str, i
         if ptype == 0 or count == 0:
             continue
         if ptype in (0x05, 0x0F, 0x85):
-            out[f"{disk}{i + 1}"] = 1024  # what Linux shows for an extended partition
+            # What Linux shows for an extended partition: 1 KiB (its first two sectors).
+            out[f"{disk}{i + 1}"] = (start * 512, 1024)
             ext_start = start
         else:
-            out[f"{disk}{i + 1}"] = count * 512
+            out[f"{disk}{i + 1}"] = (start * 512, count * 512)
     ebr, n = ext_start, 5
     while ebr and n < 5 + _MAX_LOGICAL:
         rec = read(ebr * 512, 512)
@@ -153,7 +162,7 @@ def partition_sizes(read: Callable[[int, int], bytes], disk: str) -> dict[str, i
             break
         _t, start, count = struct.unpack_from("<B3xII", rec, 446 + 4)
         if count:
-            out[f"{disk}{n}"] = count * 512
+            out[f"{disk}{n}"] = ((ebr + start) * 512, count * 512)
         n += 1
         _t2, nxt, _c = struct.unpack_from("<B3xII", rec, 462 + 4)
         ebr = ext_start + nxt if nxt else 0
@@ -167,34 +176,67 @@ def _reader(g: Any, dev: str) -> Callable[[int, int], bytes]:
     return read
 
 
-def _sizes(g: Any, disks: list[str]) -> dict[str, int]:
+def _extents(g: Any, disks: list[str]) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+    """Sizes of disks, partitions and LVs; where each partition starts on its disk."""
     sizes: dict[str, int] = {}
+    where: dict[str, tuple[str, int]] = {}
     for disk in disks:
         try:
             sizes[disk] = int(g.blockdev_getsize64(disk))
-            sizes.update(partition_sizes(_reader(g, disk), disk))
+            for name, (off, size) in partition_table(_reader(g, disk), disk).items():
+                sizes[name] = size
+                where[name] = (disk, off)
         except (RuntimeError, struct.error) as e:
-            log.info("partition sizes of %s: %s", disk, e)
+            log.info("partition table of %s: %s", disk, e)
     with contextlib.suppress(RuntimeError):
         for lv in g.lvs_full():
             sizes[f"/dev/{lv['vg_name']}/{lv['lv_name']}"] = int(lv["lv_size"])
-    return sizes
+    return sizes, where
 
 
-def _blank(g: Any, dev: str, size: int | None) -> bool:
-    """True when the places every known signature lives hold only zeros (a fresh partition)."""
-    try:
-        head = g.pread_device(dev, _HEAD if size is None else min(_HEAD, size), 0)
-        if not _all_zero(head):
-            return False
-        if size is None:
-            return False  # the end is unknown: probe it
-        if size > _HEAD:
-            tail_len = min(_TAIL, size - _HEAD)
-            return _all_zero(g.pread_device(dev, tail_len, size - tail_len))
-        return True
-    except RuntimeError:
-        return False  # cannot tell: probe it
+#: One pread_device call reads at most this much (the protocol's messages are 4 MiB).
+_READ_CHUNK = 2 * 1024 * 1024
+
+
+def blank_devices(
+    g: Any, devs: list[str], sizes: dict[str, int], where: dict[str, tuple[str, int]]
+) -> set[str]:
+    """The devices whose first 68 KiB (where every filesystem, LVM, LUKS, BitLocker, swap
+    and md 1.1/1.2 signature lives) hold only zeros: nothing there to probe.
+
+    Partitions are read from their disk, neighbours together in one call of at most 2 MiB:
+    under TCG each call costs far more than the bytes it carries. md 0.90/1.0 members keep
+    their superblock at the end, but the appliance assembles them: the md device is probed.
+    """
+    blank: set[str] = set()
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    for dev in devs:
+        size = sizes.get(dev)
+        length = _HEAD if size is None else min(_HEAD, size)
+        if dev in where:
+            disk, off = where[dev]
+            spans.setdefault(disk, []).append((off, length, dev))
+        else:
+            spans.setdefault(dev, []).append((0, length, dev))
+    for disk, items in spans.items():
+        items.sort()
+        i = 0
+        while i < len(items):
+            start = items[i][0]
+            j = i
+            while j + 1 < len(items) and items[j + 1][0] + items[j + 1][1] - start <= _READ_CHUNK:
+                j += 1
+            end = max(off + n for off, n, _d in items[i : j + 1])
+            try:
+                data = bytes(g.pread_device(disk, end - start, start))
+            except RuntimeError:
+                data = b""  # cannot tell: probe them
+            for off, n, dev in items[i : j + 1]:
+                piece = data[off - start : off - start + n]
+                if len(piece) == n and _all_zero(piece):
+                    blank.add(dev)
+            i = j + 1
+    return blank
 
 
 def _blkid(g: Any, dev: str) -> dict[str, str]:
@@ -238,14 +280,17 @@ def image_facts(g: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     whole = [d for d in disks if not any(_parent_disk(p) == d for p in parts)]
     candidates = whole + parts + md + facts["lvs"]
     probe.candidates = len(candidates)
-    sizes = _sizes(g, disks)
+    sizes, where = _extents(g, disks)
+    # The partition table may list more than the appliance's kernel shows (255 per disk).
+    probe.unseen = sorted(set(where) - set(parts), key=_natural)
+    small = {d for d in candidates if sizes.get(d, limits.min_fs_bytes) < limits.min_fs_bytes}
+    blank = blank_devices(g, [d for d in candidates if d not in small], sizes, where)
     probed = 0
     for dev in candidates:
-        size = sizes.get(dev)
-        if size is not None and size < limits.min_fs_bytes:
+        if dev in small:
             probe.too_small.append(dev)
             continue
-        if _blank(g, dev, size):
+        if dev in blank:
             probe.empty.append(dev)
             continue
         if probed >= limits.max_probed:
@@ -299,6 +344,11 @@ def _ptable_type(g: Any, dev: str) -> str | None:
         return None
 
 
+def _natural(dev: str) -> tuple[str, int]:
+    m = re.match(r"^(.*?)(\d+)$", dev)
+    return (m.group(1), int(m.group(2))) if m else (dev, 0)
+
+
 def _parent_disk(part: str) -> str:
     """/dev/sda12 -> /dev/sda (libguestfs names: sdX, vdX, no nvme in the appliance)."""
     return re.sub(r"\d+$", "", part)
@@ -315,9 +365,39 @@ def probe_messages(facts: dict[str, Any]) -> list[str]:
             f"filesystem (limit {DEFAULT_LIMITS.max_probed}; first: {first}): their files, "
             "if any, were not scanned"
         )
+    if p.get("unseen"):
+        first = ", ".join(p.get("unseen_first") or [])
+        out.append(
+            f"{p['unseen']} partitions of the partition table are not visible in the appliance "
+            f"(Linux shows at most 255 per disk; first: {first}): their files, if any, were "
+            "not scanned"
+        )
     for enc in facts.get("encrypted") or []:
         out.append(encrypted_message(enc["device"], enc["kind"]))
     return out
+
+
+def nothing_found(facts: dict[str, Any]) -> str:
+    """The error of an image with no OS and no filesystem: what it does hold, named."""
+    enc = facts.get("encrypted") or []
+    if enc:
+        # Encrypted volumes are named, never "not a disk".
+        return "; ".join(encrypted_message(e["device"], e["kind"]) for e in enc[:10])
+    p = facts.get("probe") or {}
+    held = []
+    if p.get("empty"):
+        held.append(f"{p['empty']} empty partitions")
+    if p.get("too_small"):
+        held.append(f"{p['too_small']} partitions too small for a filesystem")
+    if p.get("not_probed"):
+        held.append(f"{p['not_probed']} partitions not probed (over the limit)")
+    if p.get("unseen"):
+        held.append(f"{p['unseen']} partitions the appliance cannot see")
+    if any((facts.get("partition_tables") or {}).values()):
+        why = f" ({', '.join(held)})" if held else ""
+    else:
+        why = " (no partition table either: not a disk?)"
+    return "no operating system and no readable filesystem found" + why
 
 
 def encrypted_message(device: str, kind: str) -> str:

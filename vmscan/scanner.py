@@ -293,14 +293,7 @@ def _scan_session(
         sess.umount_all()
     if not roots:
         if not any(f.type not in _NOT_WALKABLE for f in fs_by_dev.values()):
-            parts = facts["partition_tables"]
-            if facts.get("encrypted"):
-                # Encrypted volumes are named, never "not a disk".
-                raise ImageError("; ".join(probe_errors))
-            raise ImageError(
-                "no operating system and no readable filesystem found"
-                + ("" if any(parts.values()) else " (no partition table either: not a disk?)")
-            )
+            raise ImageError(inspect.nothing_found(facts))
         result.status = ImageStatus.NO_OS
         _scan_data_disks(sess, result, opts, facts, fs_by_dev)
     elif partial:
