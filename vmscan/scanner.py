@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from vmscan import SCHEMA_VERSION, __version__, pool, runctl
+from vmscan import SCHEMA_VERSION, __version__, inspect, pool, runctl
 from vmscan.completeness import PluginState, bound, finalize_image, plugin_status, skipped
 from vmscan.disk import resolve_source
 from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
@@ -46,25 +46,6 @@ log = logging.getLogger(__name__)
 ALL_CHECK_NAMES = ("antivirus", "patch", "license", "migration")
 # Filesystem types that hold no files to walk.
 _NOT_WALKABLE = {"swap", "unknown", "LVM2_member", "linux_raid_member", "crypto_LUKS", "BitLocker"}
-_FSTAB_SKIP_TYPES = {
-    "swap",
-    "proc",
-    "sysfs",
-    "tmpfs",
-    "devpts",
-    "none",
-    "nfs",
-    "nfs4",
-    "cifs",
-    "devtmpfs",
-    "cgroup",
-    "cgroup2",
-    "securityfs",
-    "debugfs",
-    "autofs",
-    "fuse",
-}
-_FSTAB_LIMIT = 1024 * 1024
 
 
 def now_iso() -> str:
@@ -115,68 +96,6 @@ def _os_release(text: str) -> dict[str, str]:
             val = val[1:-1]
         out[m.group(1)] = val[:256]
     return out
-
-
-def _inspect_root(g: Any, root: str) -> OSInfo:
-    def get(fn: str, default: Any) -> Any:
-        try:
-            return getattr(g, fn)(root)
-        except GuestError:
-            return default
-
-    return OSInfo(
-        type=get("inspect_get_type", "unknown"),
-        distro=get("inspect_get_distro", "unknown"),
-        product_name=get("inspect_get_product_name", ""),
-        major_version=int(get("inspect_get_major_version", 0)),
-        minor_version=int(get("inspect_get_minor_version", 0)),
-        arch=get("inspect_get_arch", "unknown"),
-        hostname=get("inspect_get_hostname", ""),
-        package_format=get("inspect_get_package_format", "unknown"),
-        package_management=get("inspect_get_package_management", "unknown"),
-    )
-
-
-def _fstab_entries(fs: LibguestfsFS) -> dict[str, tuple[str, int]]:
-    """Mountpoint -> (device spec, line number) of the guest's /etc/fstab."""
-    try:
-        text = read_text(fs, "/etc/fstab", _FSTAB_LIMIT)
-    except VmscanError:
-        return {}
-    entries: dict[str, tuple[str, int]] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split("#", 1)[0].split()
-        if len(parts) < 3 or not parts[1].startswith("/"):
-            continue
-        spec, mpoint, fstype = parts[0], parts[1], parts[2]
-        opts = parts[3].split(",") if len(parts) > 3 else []
-        if fstype in _FSTAB_SKIP_TYPES or "bind" in opts:
-            continue
-        entries[mpoint] = (spec, n)
-    return entries
-
-
-def _image_facts(g: Any) -> dict[str, Any]:
-    facts: dict[str, Any] = {"disks": [], "partition_tables": {}, "filesystems": [], "lvs": []}
-    try:
-        facts["disks"] = list(g.list_devices())
-        for dev in facts["disks"]:
-            try:
-                facts["partition_tables"][dev] = g.part_get_parttype(dev)
-            except GuestError:
-                facts["partition_tables"][dev] = None
-        facts["lvs"] = list(g.lvs())
-        for dev, fstype in sorted(g.list_filesystems().items()):
-            entry = {"device": dev, "type": fstype, "uuid": "", "label": ""}
-            for key, fn in (("uuid", "vfs_uuid"), ("label", "vfs_label")):
-                with contextlib.suppress(GuestError):
-                    entry[key] = getattr(g, fn)(dev)
-            facts["filesystems"].append(entry)
-    except ApplianceDiedError:
-        raise
-    except GuestError as e:
-        log.warning("image facts: %s", e)
-    return facts
 
 
 def _died(name: str, why: str, version: str = "") -> PluginStatus:
@@ -318,7 +237,7 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
             _appliance_started(sess.h)
             try:
-                _scan_session(sess, result, opts)
+                _scan_session(sess, result, opts, budget)
             except ApplianceDiedError as e:
                 # Outside a plugin (facts, inspection, mounting, the manifest): what was
                 # scanned so far stays, the rest is said to be missing.
@@ -340,10 +259,13 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     return result
 
 
-def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) -> None:
-    g = sess.h
-    assert g is not None
-    facts = _image_facts(g)
+def _scan_session(
+    sess: GuestSession, result: ImageResult, opts: ScanOptions, budget: Budget | None = None
+) -> None:
+    # Bounded facts and inspection (vmscan.inspect): hostile partition tables and trees
+    # cost seconds, and what was not looked at is said.
+    assert sess.h is not None
+    facts = inspect.image_facts(sess.h)
     fs_by_dev: dict[str, Filesystem] = {}
     for f in facts["filesystems"]:
         fs_by_dev[f["device"]] = Filesystem(
@@ -351,22 +273,15 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
         )
     result.filesystems = list(fs_by_dev.values())
     result.sections["image_facts"] = facts
-    try:
-        roots = list(g.inspect_os())
-    except ApplianceDiedError:
-        raise
-    except GuestError as e:
-        result.errors.append(f"inspection failed: {e}")
-        roots = []
-    partial = False
-    for root_dev in sorted(roots):
-        os_info = _inspect_root(g, root_dev)
-        try:
-            mps: dict[str, str] = dict(g.inspect_get_mountpoints(root_dev))
-        except ApplianceDiedError:
-            raise
-        except GuestError:
-            mps = {"/": root_dev}
+    remaining = (budget or Budget(opts.timeout)).remaining
+    found, inspect_errors, partial = inspect.find_roots(sess, facts, remaining)
+    g = sess.h  # a new handle when inspection ran out of time and the appliance was relaunched
+    probe_errors = inspect.probe_messages(facts)
+    result.errors.extend(inspect_errors + probe_errors)
+    partial = partial or bool(probe_errors)
+    roots = [fr.device for fr in found]
+    for fr in found:
+        root_dev, os_info, mps = fr.device, fr.os, fr.mountpoints
         root = RootResult(device=root_dev, os=os_info, mountpoints=mps)
         mounted: list[tuple[str, str]] = []
         fstab: dict[str, tuple[str, int]] = {}
@@ -428,7 +343,11 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
                 fsr.mountpoint, fsr.mounted = mp_, True
                 mounted.append((mp_, dev))
                 if mp_ == "/" and os_info.type == "linux":
-                    fstab = _fstab_entries(LibguestfsFS(g))
+                    tab = inspect.read_fstab(LibguestfsFS(g))
+                    fstab = tab.entries
+                    if tab.cut:
+                        partial = True
+                        result.errors.extend(f"{root_dev}: {c}" for c in tab.cut)
         if not any(m == "/" for m, _ in mounted):
             result.roots.append(root)
             sess.umount_all()
@@ -453,11 +372,7 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
         sess.umount_all()
     if not roots:
         if not any(f.type not in _NOT_WALKABLE for f in fs_by_dev.values()):
-            parts = facts["partition_tables"]
-            raise ImageError(
-                "no operating system and no readable filesystem found"
-                + ("" if any(parts.values()) else " (no partition table either: not a disk?)")
-            )
+            raise ImageError(inspect.nothing_found(facts))
         result.status = ImageStatus.NO_OS
         _scan_data_disks(sess, result, opts, facts, fs_by_dev)
     elif partial:

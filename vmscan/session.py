@@ -95,6 +95,16 @@ class GuestSession:
         """True while the appliance answers (see :meth:`GuestHandle.alive`)."""
         return self.h is not None and self.h.alive()
 
+    def restart(self) -> None:
+        """A fresh appliance over the same disks (after the old one was killed on a deadline)."""
+        if self.g is not None:
+            try:
+                self.g.close()
+            except RuntimeError as e:
+                log.debug("close of a killed appliance: %s", e)
+            self.g = None
+        self.__enter__()
+
     def mount_ro(self, device: str, mountpoint: str) -> str | None:
         """Mount read-only; None on success, else the error text.
 

@@ -124,9 +124,17 @@ class _Vetting:
 
 def _detect(path: str, given: str, fmt: str | None) -> str:
     """The top layer's format: as given, else detected; unsupported formats are refused."""
-    if fmt:
+    if fmt and normalise_format(fmt) != "raw":
         return normalise_format(fmt)
     found = headers.sniff(path)
+    if fmt and found != "luks":
+        return normalise_format(fmt)
+    if found == "luks":
+        # Even as raw: qemu opens a LUKS header as LUKS and the appliance fails to launch.
+        # A whole-disk LUKS volume is an encrypted disk, not a format problem (issue 18).
+        raise ImageError(
+            f"{given}: a whole-disk LUKS encrypted volume: encrypted, no key given: not scanned"
+        )
     if found in UNSUPPORTED:
         raise ImageError(
             f"{given}: a {UNSUPPORTED[found]} image: vmscan does not open this format "
