@@ -303,6 +303,8 @@ def image_facts(g: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
             facts["encrypted"].append({"device": dev, "kind": ENCRYPTED[fstype]})
         if fstype == "unknown" and dev in whole and facts["partition_tables"].get(dev):
             continue  # a partition table with no partitions in it
+        if fstype in ("LVM2_member", "linux_raid_member"):
+            continue  # their LVs and md devices are candidates (as list_filesystems does)
         facts["filesystems"].append(
             {
                 "device": dev,
