@@ -177,7 +177,7 @@ def _reader(g: Any, dev: str) -> Callable[[int, int], bytes]:
 
 
 def _extents(g: Any, disks: list[str]) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
-    """Sizes of disks, partitions and LVs; where each partition starts on its disk."""
+    """Sizes of disks and partitions; where each partition starts on its disk."""
     sizes: dict[str, int] = {}
     where: dict[str, tuple[str, int]] = {}
     for disk in disks:
@@ -188,9 +188,8 @@ def _extents(g: Any, disks: list[str]) -> tuple[dict[str, int], dict[str, tuple[
                 where[name] = (disk, off)
         except (RuntimeError, struct.error) as e:
             log.info("partition table of %s: %s", disk, e)
-    with contextlib.suppress(RuntimeError):
-        for lv in g.lvs_full():
-            sizes[f"/dev/{lv['vg_name']}/{lv['lv_name']}"] = int(lv["lv_size"])
+    # LVs: no size asked (lvs_full names no VG, and an lvm run costs seconds); an LV is
+    # never smaller than one extent, and its first bytes are read for the blank check.
     return sizes, where
 
 
