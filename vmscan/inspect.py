@@ -654,7 +654,10 @@ def inspect_os_with_deadline(g: Any, seconds: float) -> list[str]:
     the appliance until it returns, so the only bound is to kill qemu: the call then fails
     at once and the handle is dead (the caller relaunches).
     """
-    pid = int(g.get_pid())
+    try:
+        pid = int(g.get_pid())
+    except RuntimeError:  # not the direct backend: no qemu of ours to kill
+        return [str(r) for r in g.inspect_os()]
     fired = threading.Event()
     done = threading.Event()
 
