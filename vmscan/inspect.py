@@ -58,7 +58,7 @@ class Limits:
     #: Above this many filesystems libguestfs' inspect_os (which probes each again) is skipped.
     max_fs_for_libguestfs: int = 24
     #: fstab larger than this: inspect_os (augeas, then one lookup per line) is skipped.
-    max_fstab_bytes: int = 64 * 1024
+    max_fstab_bytes: int = 16 * 1024
     #: fstab lines read, and mountpoints used, at most.
     max_fstab_lines: int = 4096
     max_mountpoints: int = 64
