@@ -58,7 +58,7 @@ class Limits:
     #: Above this many filesystems libguestfs' inspect_os (which probes each again) is skipped.
     max_fs_for_libguestfs: int = 24
     #: fstab larger than this: inspect_os (augeas, then one lookup per line) is skipped.
-    max_fstab_bytes: int = 64 * 1024
+    max_fstab_bytes: int = 16 * 1024
     #: fstab lines read, and mountpoints used, at most.
     max_fstab_lines: int = 4096
     max_mountpoints: int = 64
@@ -177,7 +177,7 @@ def _reader(g: Any, dev: str) -> Callable[[int, int], bytes]:
 
 
 def _extents(g: Any, disks: list[str]) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
-    """Sizes of disks, partitions and LVs; where each partition starts on its disk."""
+    """Sizes of disks and partitions; where each partition starts on its disk."""
     sizes: dict[str, int] = {}
     where: dict[str, tuple[str, int]] = {}
     for disk in disks:
@@ -188,9 +188,8 @@ def _extents(g: Any, disks: list[str]) -> tuple[dict[str, int], dict[str, tuple[
                 where[name] = (disk, off)
         except (GuestError, struct.error) as e:
             log.info("partition table of %s: %s", disk, e)
-    with contextlib.suppress(GuestError):
-        for lv in g.lvs_full():
-            sizes[f"/dev/{lv['vg_name']}/{lv['lv_name']}"] = int(lv["lv_size"])
+    # LVs: no size asked (lvs_full names no VG, and an lvm run costs seconds); an LV is
+    # never smaller than one extent, and its first bytes are read for the blank check.
     return sizes, where
 
 
@@ -303,6 +302,8 @@ def image_facts(g: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
             facts["encrypted"].append({"device": dev, "kind": ENCRYPTED[fstype]})
         if fstype == "unknown" and dev in whole and facts["partition_tables"].get(dev):
             continue  # a partition table with no partitions in it
+        if fstype in ("LVM2_member", "linux_raid_member"):
+            continue  # their LVs and md devices are candidates (as list_filesystems does)
         facts["filesystems"].append(
             {
                 "device": dev,
@@ -653,7 +654,10 @@ def inspect_os_with_deadline(g: Any, seconds: float) -> list[str]:
     the appliance until it returns, so the only bound is to kill qemu: the call then fails
     at once and the handle is dead (the caller relaunches).
     """
-    pid = int(g.get_pid())
+    try:
+        pid = int(g.get_pid())
+    except GuestError:  # not the direct backend: no qemu of ours to kill
+        return [str(r) for r in g.inspect_os()]
     fired = threading.Event()
     done = threading.Event()
 

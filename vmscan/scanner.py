@@ -373,7 +373,9 @@ def _scan_session(
     if not roots:
         if not any(f.type not in _NOT_WALKABLE for f in fs_by_dev.values()):
             raise ImageError(inspect.nothing_found(facts))
-        result.status = ImageStatus.NO_OS
+        # partial: something that could hold files (or the OS) was not looked at, e.g. a
+        # LUKS volume with no key.
+        result.status = ImageStatus.PARTIAL if partial else ImageStatus.NO_OS
         _scan_data_disks(sess, result, opts, facts, fs_by_dev)
     elif partial:
         result.status = ImageStatus.PARTIAL
