@@ -68,7 +68,14 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         "sources",
         nargs="+",
         metavar="SOURCE",
-        help="disk image (qcow2, vmdk, vhd, vhdx, raw) or libvirt domain XML",
+        help="disk image (qcow2, vmdk, vhd, vhdx, raw) or libvirt domain XML; "
+        "IMAGE@SNAPSHOT (name, id or id:N) or IMAGE@layer:N (0 = base) for a point in time",
+    )
+    p.add_argument(
+        "--snapshots",
+        choices=("current", "all"),
+        default="current",
+        help="all: also scan every internal qcow2 snapshot of each image, one result each",
     )
     p.add_argument(
         "--format",
@@ -306,6 +313,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         plugin_options=plugin_options,
     )
+    if args.snapshots == "all":
+        from vmscan.source.points import expand_snapshots
+
+        args.sources = expand_snapshots(list(args.sources))
     bar = _progress_bar(len(args.sources), args.quiet)
 
     def progress(img: ImageResult) -> None:

@@ -8,6 +8,7 @@ keeps the entry points: command-line sources, libvirt domain XML, folder expansi
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from vmscan.model import DiskRef
 from vmscan.proc import Budget
 from vmscan.source import headers
 from vmscan.source.chain import FORMAT_ALIASES, MAX_CHAIN, normalise_format, vet_disk
+from vmscan.source.points import pick_layer, pick_snapshot, split_point
 
 __all__ = [
     "FORMATS",
@@ -119,7 +121,14 @@ def resolve_source(
     allow_backing: tuple[str, ...] = (),
     budget: Budget | None = None,
 ) -> Source:
-    """Turn one command-line source into vetted disks (raises ImageError)."""
+    """Turn one command-line source into vetted disks (raises ImageError).
+
+    ``IMAGE@SNAPSHOT`` (name or id, ``IMAGE@id:N``) and ``IMAGE@layer:N`` name a point in
+    time of one image (:mod:`vmscan.source.points`).
+    """
+    path, selector = split_point(label)
+    if selector is not None:
+        return _resolve_point(label, path, selector, disk_format, allow_backing, budget)
     p = Path(label)
     if is_domain_xml(p):
         disks = []
@@ -129,6 +138,31 @@ def resolve_source(
             disks.append(check_disk(fp, fmt, allow_backing, budget))
         return Source(label, tuple(disks))
     return Source(label, (check_disk(p, disk_format, allow_backing, budget),))
+
+
+def _resolve_point(
+    label: str,
+    path: str,
+    selector: str,
+    disk_format: str | None,
+    allow_backing: tuple[str, ...],
+    budget: Budget | None,
+) -> Source:
+    if is_domain_xml(Path(path)):
+        raise ImageError(f"{label}: a point in time (@...) names one image file, not a domain")
+    # The whole chain is vetted first: a lower layer is opened only as part of a vetted chain.
+    disk = check_disk(path, disk_format, allow_backing, budget)
+    if not selector.startswith("layer:"):
+        return Source(label, (pick_snapshot(disk, selector, label),))
+    lpath, lfmt, n = pick_layer(disk, selector, label)
+    if n == len(disk.layers) - 1:
+        point = {"kind": "layer", "index": n, "of": len(disk.layers)}
+        return Source(label, (dataclasses.replace(disk, point=point),))
+    # The folders allowed for the chain stay allowed when it is opened from a lower layer.
+    folders = (os.path.dirname(disk.path), *allow_backing)
+    low = check_disk(lpath, lfmt, folders, budget)
+    point = {"kind": "layer", "index": n, "of": len(disk.layers), "image": disk.path}
+    return Source(label, (dataclasses.replace(low, point=point),))
 
 
 def expand_sources(items: list[str]) -> list[str]:
@@ -147,4 +181,4 @@ def expand_sources(items: list[str]) -> list[str]:
     return out
 
 
-IMAGE_SUFFIXES = {".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".xml"}
+IMAGE_SUFFIXES = {".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".avhdx", ".xml"}

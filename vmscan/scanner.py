@@ -39,6 +39,7 @@ from vmscan.model import (
 from vmscan.plugins import ScanContext
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
+from vmscan.source.points import open_views
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,10 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     try:
         src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
         result.disks = list(src.disks)
-        with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
+        with (
+            open_views(src.disks, budget) as disks,
+            GuestSession(disks, opts.memsize, opts.accel) as sess,
+        ):
             _appliance_started(sess.g)
             _scan_session(sess, result, opts)
         # A check that could not run never leaves the image "ok".
