@@ -209,3 +209,24 @@ def test_avhdx_says_merge_or_export(tmp_path: Path) -> None:
         resolve_source(str(img))
     with pytest.raises(UnsafeImageError, match=r"Merge-VHD"):
         resolve_source(f"{img}@layer:0")
+
+
+def test_snapshot_names_escaped_in_html(snapped: Path) -> None:
+    """Snapshot names are untrusted text: the HTML report escapes them."""
+    from vmscan.model import ImageResult, ImageStatus, to_jsonable
+    from vmscan.report.html import render_html
+
+    (disk,) = resolve_source(f"{snapped}@id:2").disks
+    img = ImageResult(source=f"{snapped}@id:2", disks=[disk], status=ImageStatus.NO_OS)
+    doc = {
+        "images": [to_jsonable(img)],
+        "sections": {},
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:00:01Z",
+        "vmscan_version": "test",
+        "schema_version": "1",
+    }
+    html = render_html(doc)
+    assert "<b>x</b>" not in html
+    assert "&lt;b&gt;x&lt;/b&gt;&amp;" in html
+    assert html.count('class="snapname"') == 4  # the point and three table rows

@@ -13,6 +13,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import defusedxml.ElementTree as SafeET
 
@@ -84,9 +85,14 @@ def parse_domain_xml(path: Path) -> list[tuple[str, str | None]]:
         raise
     except Exception as e:  # defusedxml raises several types for hostile XML
         raise ImageError(f"{path}: not a readable libvirt domain XML: {e}") from e
+    return [(file, dtype) for file, dtype, _target in domain_disks(root, str(path))]
+
+
+def domain_disks(root: Any, where: str) -> list[tuple[str, str | None, str]]:
+    """(disk path, driver type, target dev) of each file or block disk of a parsed domain."""
     if root is None or root.tag != "domain":
-        raise ImageError(f"{path}: the XML root element is not <domain>")
-    disks: list[tuple[str, str | None]] = []
+        raise ImageError(f"{where}: the XML root element is not <domain>")
+    disks: list[tuple[str, str | None, str]] = []
     for disk in root.findall("./devices/disk"):
         if disk.get("device", "disk") != "disk":
             continue  # cdrom, floppy, lun
@@ -98,9 +104,10 @@ def parse_domain_xml(path: Path) -> list[tuple[str, str | None]]:
             continue
         drv = disk.find("driver")
         dtype = drv.get("type") if drv is not None else None
-        disks.append((file, dtype))
+        tgt = disk.find("target")
+        disks.append((file, dtype, (tgt.get("dev") or "") if tgt is not None else ""))
     if not disks:
-        raise ImageError(f"{path}: domain has no file-backed disks")
+        raise ImageError(f"{where}: domain has no file-backed disks")
     return disks
 
 
