@@ -72,6 +72,12 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         "IMAGE@SNAPSHOT (name, id or id:N) or IMAGE@layer:N (0 = base) for a point in time",
     )
     p.add_argument(
+        "--connect",
+        default="qemu:///system",
+        metavar="URI",
+        help="libvirt connection for libvirt:NAME sources (default qemu:///system)",
+    )
+    p.add_argument(
         "--snapshots",
         choices=("current", "all"),
         default="current",
@@ -312,6 +318,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         state_db=args.state_db,
         quiet=args.quiet,
         plugin_options=plugin_options,
+        libvirt_uri=args.connect,
     )
     if args.snapshots == "all":
         from vmscan.source.points import expand_snapshots
