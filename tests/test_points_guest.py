@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +194,64 @@ def test_chain_reported_and_unchanged(chain_run: dict[str, Any]) -> None:
     low = chain_run["report"]["images"][0]["disks"][0]
     assert low["point"]["kind"] == "layer" and low["point"]["index"] == 0
     assert chain_run["after"] == chain_run["before"]
+
+
+def _qemu_nbd_pids(img: Path) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmd[0].endswith(b"qemu-nbd") and str(img).encode() in cmd and state != "Z":
+            out[int(pid)] = cmd
+    return out
+
+
+def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
+    """A snapshot export that stops answering costs that image (a timeout), nothing is left."""
+    img = points.build_snapshots()
+    before = _state([img], img)
+    stopped: list[int] = []
+    done = threading.Event()
+
+    def freeze_once_listening() -> None:
+        while not done.is_set() and not stopped:
+            for pid, cmd in _qemu_nbd_pids(img).items():
+                sock = cmd[cmd.index(b"--socket") + 1].decode()
+                if os.path.exists(sock):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=freeze_once_listening, daemon=True)
+    t.start()
+    out = tmp_path / "r.json"
+    try:
+        rc = main(
+            [
+                "scan",
+                "-q",
+                "--checks",
+                "none",
+                "--timeout",
+                "120",
+                "-o",
+                str(out),
+                f"{img}@{points.SNAPSHOT_NAMES[0]}",
+            ]
+        )
+    finally:
+        done.set()
+        t.join()
+    result = json.loads(out.read_text())["images"][0]
+    assert stopped, "qemu-nbd was never seen serving"
+    assert rc == 2
+    assert result["status"] == "error" and "timed out" in result["errors"][0]
+    for _ in range(100):
+        if not _qemu_nbd_pids(img):
+            break
+        time.sleep(0.1)
+    assert _qemu_nbd_pids(img) == {}
+    assert _state([img], img) == before
