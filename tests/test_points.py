@@ -230,3 +230,50 @@ def test_snapshot_names_escaped_in_html(snapped: Path) -> None:
     assert "<b>x</b>" not in html
     assert "&lt;b&gt;x&lt;/b&gt;&amp;" in html
     assert html.count('class="snapname"') == 4  # the point and three table rows
+
+
+def _img(source: str, files: dict[str, str | None], pkgs: dict[str, str]) -> dict[str, object]:
+    return {
+        "source": source,
+        "status": "ok",
+        "manifest": [
+            {"device": "/dev/sda1", "path": p, "sha256": h, "size": 1, "mode": 0o100644}
+            for p, h in files.items()
+        ],
+        "roots": [
+            {
+                "device": "/dev/sda1",
+                "os": {"package_format": "deb"},
+                "packages": [{"name": n, "version": v, "arch": "amd64"} for n, v in pkgs.items()],
+                "findings": [],
+            }
+        ],
+    }
+
+
+def test_diff_points_files_by_hash_and_text() -> None:
+    from vmscan.diff import diff_points, format_text
+
+    a = _img("vm@a", {"/same": "1", "/gone": "2", "/edited": "3", "/unread": "4"}, {"x": "1.0"})
+    b = _img("vm@b", {"/same": "1", "/new": "5", "/edited": "6", "/unread": None}, {"x": "1.1"})
+    d = diff_points(a, b)
+    (img,) = d["images"]
+    assert [e["path"] for e in img["files_added"]] == ["/new"]
+    assert [e["path"] for e in img["files_removed"]] == ["/gone"]
+    assert [(e["path"], e["from_sha256"]) for e in img["files_changed"]] == [("/edited", "3")]
+    # Not readable on one side: listed apart, never reported as unchanged.
+    assert [e["path"] for e in img["files_unreadable"]] == ["/unread"]
+    assert d["summary"]["files_changed"] == 1 and d["summary"]["packages_upgraded"] == 1
+    text = format_text(d)
+    assert text.startswith("vm@a -> vm@b:") and "files +1 -1 ~1" in text
+    assert "+ file /dev/sda1:/new" in text and "? file (not readable on one side)" in text
+
+
+def test_diff_tells_points_from_reports(tmp_path: Path, snapped: Path) -> None:
+    from vmscan.commands.diff import is_point
+
+    report = tmp_path / "r.json"
+    report.write_text('{"images": []}')
+    assert not is_point(str(report))
+    assert is_point(str(snapped)) and is_point(f"{snapped}@before-upgrade")
+    assert not is_point("latest") and not is_point("12")
