@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(
   libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils python3-venv
   clamav-daemon clamav debootstrap rpm libhivex-bin python3-hivex sqlite3 xz-utils
-  chromium gdisk cryptsetup-bin
+  chromium gdisk cryptsetup-bin libvirt-daemon-system libvirt-clients python3-libvirt
 )
 missing=()
 for p in "${PKGS[@]}"; do

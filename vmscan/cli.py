@@ -70,7 +70,20 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         "sources",
         nargs="+",
         metavar="SOURCE",
-        help="disk image (qcow2, vmdk, vhd, vhdx, raw) or libvirt domain XML",
+        help="disk image (qcow2, vmdk, vhd, vhdx, raw) or libvirt domain XML; "
+        "IMAGE@SNAPSHOT (name, id or id:N) or IMAGE@layer:N (0 = base) for a point in time",
+    )
+    p.add_argument(
+        "--connect",
+        default="qemu:///system",
+        metavar="URI",
+        help="libvirt connection for libvirt:NAME sources (default qemu:///system)",
+    )
+    p.add_argument(
+        "--snapshots",
+        choices=("current", "all"),
+        default="current",
+        help="all: also scan every internal qcow2 snapshot of each image, one result each",
     )
     p.add_argument(
         "--format",
@@ -276,7 +289,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         state_db=args.state_db,
         quiet=args.quiet,
         plugin_options=plugin_options,
+        libvirt_uri=args.connect,
     )
+    if args.snapshots == "all":
+        from vmscan.source.points import expand_snapshots
+
+        args.sources = expand_snapshots(list(args.sources))
     bar = _progress_bar(len(args.sources), args.quiet)
 
     def progress(img: ImageResult) -> None:

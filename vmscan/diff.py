@@ -78,8 +78,55 @@ def _executables(image: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]
     }
 
 
-def diff_images(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Changes from image result ``a`` (older) to ``b`` (newer) of the same source."""
+def _files(image: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (str(e.get("device", "")), str(e.get("path", ""))): e
+        for e in image.get("manifest") or []
+        if isinstance(e, dict)
+    }
+
+
+def _file_row(key: tuple[str, str], entry: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "device": key[0],
+        "path": key[1],
+        "sha256": entry.get("sha256"),
+        "size": entry.get("size"),
+    }
+
+
+def diff_files(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Files added, removed and changed (by SHA-256) between two manifests.
+
+    A file whose hash could not be computed on either side is "unreadable", never "same".
+    """
+    fa, fb = _files(a), _files(b)
+    added = [_file_row(k, fb[k]) for k in sorted(fb.keys() - fa.keys())]
+    removed = [_file_row(k, fa[k]) for k in sorted(fa.keys() - fb.keys())]
+    changed: list[dict[str, Any]] = []
+    unreadable: list[dict[str, Any]] = []
+    for k in sorted(fa.keys() & fb.keys()):
+        ha, hb = fa[k].get("sha256"), fb[k].get("sha256")
+        if ha is None or hb is None:
+            unreadable.append(_file_row(k, fb[k]))
+        elif ha != hb:
+            changed.append(
+                {**_file_row(k, fb[k]), "from_sha256": ha, "from_size": fa[k].get("size")}
+            )
+    return {
+        "files_added": added,
+        "files_removed": removed,
+        "files_changed": changed,
+        "files_unreadable": unreadable,
+    }
+
+
+def diff_images(a: dict[str, Any], b: dict[str, Any], files: bool = False) -> dict[str, Any]:
+    """Changes from image result ``a`` (older) to ``b`` (newer) of the same source.
+
+    With *files*, also every file added, removed or changed (``vmscan diff`` of two points
+    in time); the nightly leaves it out, its reports would carry whole manifests.
+    """
     fa, fb = _findings(a), _findings(b)
     new_findings = [fb[k] for k in sorted(fb.keys() - fa.keys())]
     resolved = [fa[k] for k in sorted(fa.keys() - fb.keys())]
@@ -131,6 +178,11 @@ def diff_images(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
                     "change": change,
                 }
             )
+    changes: dict[str, list[dict[str, Any]]] = {}
+    if files and a.get("manifest") and b.get("manifest"):
+        changes = diff_files(a, b)
+    elif files:
+        notes.append("a result has no file manifest: files not compared")
     out: dict[str, Any] = {
         "source": str(b.get("source", a.get("source", ""))),
         "new_findings": new_findings,
@@ -140,13 +192,16 @@ def diff_images(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "packages_upgraded": upgraded,
         "packages_downgraded": downgraded,
         "new_executables": new_exec,
+        **changes,
         "notes": notes,
     }
     if a.get("status") != b.get("status"):
         out["status"] = {"from": a.get("status"), "to": b.get("status")}
-    out["changed"] = bool(
-        new_findings or resolved or added or removed or upgraded or downgraded or new_exec
-    ) or ("status" in out)
+    out["changed"] = (
+        bool(new_findings or resolved or added or removed or upgraded or downgraded or new_exec)
+        or any(changes.get(k) for k in ("files_added", "files_removed", "files_changed"))
+        or ("status" in out)
+    )
     return out
 
 
@@ -190,15 +245,61 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def diff_points(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Changes from image result ``a`` to ``b``: two points in time of one VM (files too)."""
+    img = diff_images(a, b, files=True)
+    img["from_source"] = str(a.get("source", ""))
+    sev: Counter[str] = Counter(str(f.get("severity", "unknown")) for f in img["new_findings"])
+    keys = (
+        "new_findings",
+        "resolved_findings",
+        "packages_added",
+        "packages_removed",
+        "packages_upgraded",
+        "packages_downgraded",
+        "new_executables",
+        "files_added",
+        "files_removed",
+        "files_changed",
+        "files_unreadable",
+    )
+    summary: dict[str, Any] = {k: len(img.get(k) or []) for k in keys}
+    summary.update(
+        images_added=0,
+        images_gone=0,
+        images_changed=int(bool(img["changed"])),
+        new_findings_by_severity={
+            k: sev[k] for k in sorted(sev, key=lambda s: -SEVERITY_ORDER.get(s, 0))
+        },
+    )
+    return {
+        "from_run": img["from_source"],
+        "to_run": img["source"],
+        "from_started_at": a.get("started_at"),
+        "to_started_at": b.get("started_at"),
+        "points": True,
+        "images_added": [],
+        "images_gone": [],
+        "images": [img],
+        "summary": summary,
+    }
+
+
 def format_text(diff: dict[str, Any]) -> str:
     """A short human-readable rendering of :func:`diff_runs` output."""
     s = diff["summary"]
+    what = "" if diff.get("points") else "run "
+    files = (
+        f"; files +{s['files_added']} -{s['files_removed']} ~{s['files_changed']}"
+        if diff.get("points")
+        else ""
+    )
     lines = [
-        f"run {diff.get('from_run')} -> run {diff.get('to_run')}: "
+        f"{what}{diff.get('from_run')} -> {what}{diff.get('to_run')}: "
         f"{s['images_changed']} image(s) changed, {s['images_added']} added, "
         f"{s['images_gone']} gone; findings +{s['new_findings']} -{s['resolved_findings']}; "
         f"packages +{s['packages_added']} -{s['packages_removed']} "
-        f"^{s['packages_upgraded']}; new executables {s['new_executables']}"
+        f"^{s['packages_upgraded']}; new executables {s['new_executables']}{files}"
     ]
     lines += [f"+ image {src}" for src in diff["images_added"]]
     lines += [f"- image {src}" for src in diff["images_gone"]]
@@ -220,6 +321,11 @@ def format_text(diff: dict[str, Any]) -> str:
             lines.append(f"    ~ pkg {p['name']} {p['from']} -> {p['to']}")
         for e in img["new_executables"]:
             lines.append(f"    + exec ({e['change']}) {e['device']}:{e['path']}")
+        for mark, key in (("+", "files_added"), ("-", "files_removed"), ("~", "files_changed")):
+            for e in img.get(key) or []:
+                lines.append(f"    {mark} file {e['device']}:{e['path']}")
+        for e in img.get("files_unreadable") or []:
+            lines.append(f"    ? file (not readable on one side) {e['device']}:{e['path']}")
     # Guest strings may hold terminal escapes: keep the output printable.
     return "\n".join(_printable(line) for line in lines) + "\n"
 

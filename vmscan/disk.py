@@ -8,10 +8,12 @@ keeps the entry points: command-line sources, libvirt domain XML, folder expansi
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import defusedxml.ElementTree as SafeET
 
@@ -20,6 +22,7 @@ from vmscan.model import DiskRef
 from vmscan.proc import Budget
 from vmscan.source import headers
 from vmscan.source.chain import FORMAT_ALIASES, MAX_CHAIN, normalise_format, vet_disk
+from vmscan.source.points import pick_layer, pick_snapshot, split_point
 
 __all__ = [
     "FORMATS",
@@ -82,9 +85,14 @@ def parse_domain_xml(path: Path) -> list[tuple[str, str | None]]:
         raise
     except Exception as e:  # defusedxml raises several types for hostile XML
         raise ImageError(f"{path}: not a readable libvirt domain XML: {e}") from e
+    return [(file, dtype) for file, dtype, _target in domain_disks(root, str(path))]
+
+
+def domain_disks(root: Any, where: str) -> list[tuple[str, str | None, str]]:
+    """(disk path, driver type, target dev) of each file or block disk of a parsed domain."""
     if root is None or root.tag != "domain":
-        raise ImageError(f"{path}: the XML root element is not <domain>")
-    disks: list[tuple[str, str | None]] = []
+        raise ImageError(f"{where}: the XML root element is not <domain>")
+    disks: list[tuple[str, str | None, str]] = []
     for disk in root.findall("./devices/disk"):
         if disk.get("device", "disk") != "disk":
             continue  # cdrom, floppy, lun
@@ -96,9 +104,10 @@ def parse_domain_xml(path: Path) -> list[tuple[str, str | None]]:
             continue
         drv = disk.find("driver")
         dtype = drv.get("type") if drv is not None else None
-        disks.append((file, dtype))
+        tgt = disk.find("target")
+        disks.append((file, dtype, (tgt.get("dev") or "") if tgt is not None else ""))
     if not disks:
-        raise ImageError(f"{path}: domain has no file-backed disks")
+        raise ImageError(f"{where}: domain has no file-backed disks")
     return disks
 
 
@@ -119,7 +128,14 @@ def resolve_source(
     allow_backing: tuple[str, ...] = (),
     budget: Budget | None = None,
 ) -> Source:
-    """Turn one command-line source into vetted disks (raises ImageError)."""
+    """Turn one command-line source into vetted disks (raises ImageError).
+
+    ``IMAGE@SNAPSHOT`` (name or id, ``IMAGE@id:N``) and ``IMAGE@layer:N`` name a point in
+    time of one image (:mod:`vmscan.source.points`).
+    """
+    path, selector = split_point(label)
+    if selector is not None:
+        return _resolve_point(label, path, selector, disk_format, allow_backing, budget)
     p = Path(label)
     if is_domain_xml(p):
         disks = []
@@ -129,6 +145,31 @@ def resolve_source(
             disks.append(check_disk(fp, fmt, allow_backing, budget))
         return Source(label, tuple(disks))
     return Source(label, (check_disk(p, disk_format, allow_backing, budget),))
+
+
+def _resolve_point(
+    label: str,
+    path: str,
+    selector: str,
+    disk_format: str | None,
+    allow_backing: tuple[str, ...],
+    budget: Budget | None,
+) -> Source:
+    if is_domain_xml(Path(path)):
+        raise ImageError(f"{label}: a point in time (@...) names one image file, not a domain")
+    # The whole chain is vetted first: a lower layer is opened only as part of a vetted chain.
+    disk = check_disk(path, disk_format, allow_backing, budget)
+    if not selector.startswith("layer:"):
+        return Source(label, (pick_snapshot(disk, selector, label),))
+    lpath, lfmt, n = pick_layer(disk, selector, label)
+    if n == len(disk.layers) - 1:
+        point = {"kind": "layer", "index": n, "of": len(disk.layers)}
+        return Source(label, (dataclasses.replace(disk, point=point),))
+    # The folders allowed for the chain stay allowed when it is opened from a lower layer.
+    folders = (os.path.dirname(disk.path), *allow_backing)
+    low = check_disk(lpath, lfmt, folders, budget)
+    point = {"kind": "layer", "index": n, "of": len(disk.layers), "image": disk.path}
+    return Source(label, (dataclasses.replace(low, point=point),))
 
 
 def expand_sources(items: list[str]) -> list[str]:
@@ -147,4 +188,4 @@ def expand_sources(items: list[str]) -> list[str]:
     return out
 
 
-IMAGE_SUFFIXES = {".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".xml"}
+IMAGE_SUFFIXES = {".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".avhdx", ".xml"}

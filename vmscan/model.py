@@ -39,6 +39,30 @@ SEVERITY_ORDER: dict[str, int] = {
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """One internal snapshot of a qcow2 image, as its snapshot table records it."""
+
+    id: str
+    name: str
+    date: str  # UTC, ISO 8601
+    vm_clock_ns: int  # guest clock when it was taken (0: a disk-only snapshot)
+    vm_state_size: int  # bytes of saved VM state (RAM, devices); 0 when disk-only
+    disk_size: int | None  # virtual disk size at that time (qcow2 v3 extra data)
+
+
+@dataclass(frozen=True)
+class DiskLayer:
+    """One file of a disk's chain (index 0 is the base, the last one the image itself)."""
+
+    index: int
+    path: str
+    format: str
+    size: int  # bytes on the host: the file plus its extents / data file
+    mtime: str  # UTC, ISO 8601
+    virtual_size: int | None = None
+
+
+@dataclass(frozen=True)
 class DiskRef:
     """One disk of a VM: a host path and its format, detected by vmscan."""
 
@@ -47,6 +71,15 @@ class DiskRef:
     virtual_size: int | None = None
     backing: tuple[str, ...] = ()
     given: str = ""  # the name as given, when it differs from ``path`` (a symlink)
+    #: The chain, base first (``IMAGE@layer:N`` counts from 0, the base).
+    layers: tuple[DiskLayer, ...] = ()
+    #: Internal snapshots of the image (qcow2).
+    snapshots: tuple[Snapshot, ...] = ()
+    #: The point in time scanned when not the current state: "snapshot", "layer", "backup".
+    point: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    #: Read through this NBD unix socket (export ``nbd_export``, raw) instead of ``path``.
+    nbd_socket: str = ""
+    nbd_export: str = ""
 
 
 @dataclass

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -29,6 +29,7 @@ from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanErro
 from vmscan.guestfs_view import LibguestfsFS, read_text
 from vmscan.manifest import build_manifest
 from vmscan.model import (
+    DiskRef,
     Filesystem,
     ImageResult,
     ImageStatus,
@@ -40,6 +41,8 @@ from vmscan.model import (
 from vmscan.plugins import ScanContext
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
+from vmscan.source.domain import DEFAULT_URI, is_domain_source, open_domain
+from vmscan.source.points import open_views
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class ScanOptions:
     state_db: str | None = None
     quiet: bool = True
     plugin_options: dict[str, Any] = field(default_factory=dict)
+    libvirt_uri: str = DEFAULT_URI  # for libvirt:NAME sources
 
 
 def default_jobs() -> int:
@@ -225,6 +229,22 @@ def _scan_mounted(
     _run_plugins(LibguestfsFS(g), ctx, opts, sess.alive)
 
 
+@contextlib.contextmanager
+def _open_source(
+    label: str, opts: ScanOptions, budget: Budget
+) -> Iterator[tuple[tuple[DiskRef, ...], tuple[DiskRef, ...]]]:
+    """(disks for the report, disks for the appliance), helpers (qemu-nbd, backup) running."""
+    if is_domain_source(label):
+        with open_domain(
+            label, opts.libvirt_uri, opts.disk_format, opts.allow_backing, budget
+        ) as pair:
+            yield pair
+        return
+    src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
+    with open_views(src.disks, budget) as disks:
+        yield src.disks, disks
+
+
 def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     """Scan one source (image or libvirt domain) in this process. Never raises."""
     t0 = time.monotonic()
@@ -232,17 +252,17 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     # Host-side vetting (qemu-img included) spends the same per-image budget.
     budget = Budget(opts.timeout)
     try:
-        src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
-        result.disks = list(src.disks)
-        with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
-            _appliance_started(sess.h)
-            try:
-                _scan_session(sess, result, opts, budget)
-            except ApplianceDiedError as e:
-                # Outside a plugin (facts, inspection, mounting, the manifest): what was
-                # scanned so far stays, the rest is said to be missing.
-                result.errors.append(f"the appliance died; the rest was not scanned: {e}")
-                result.status = ImageStatus.PARTIAL
+        with _open_source(label, opts, budget) as (shown, disks):
+            result.disks = list(shown)
+            with GuestSession(disks, opts.memsize, opts.accel) as sess:
+                _appliance_started(sess.h)
+                try:
+                    _scan_session(sess, result, opts, budget)
+                except ApplianceDiedError as e:
+                    # Outside a plugin (facts, inspection, mounting, the manifest): what
+                    # was scanned so far stays, the rest is said to be missing.
+                    result.errors.append(f"the appliance died; the rest was not scanned: {e}")
+                    result.status = ImageStatus.PARTIAL
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
     except ImageError as e:

@@ -63,7 +63,17 @@ class GuestSession:
                 g.set_memsize(int(self.memsize))
             for d in self.disks:
                 # readonly=1 and an explicit format, always: qemu must never probe.
-                g.add_drive_opts(d.path, readonly=1, format=d.format)
+                if d.nbd_socket:
+                    # A point in time served read-only over NBD (qemu-nbd, libvirt backup).
+                    g.add_drive_opts(
+                        d.nbd_export,
+                        readonly=1,
+                        format="raw",
+                        protocol="nbd",
+                        server=[f"unix:{d.nbd_socket}"],
+                    )
+                else:
+                    g.add_drive_opts(d.path, readonly=1, format=d.format)
             g.launch()
         except ImageError:
             g.close()

@@ -160,6 +160,17 @@ def _licence_charts(fleet: Any) -> list[tuple[str, str, dict[str, Any]]]:
     return charts
 
 
+def _disk_point(disk: dict[str, Any]) -> dict[str, Any]:
+    """Chain, internal snapshots and point in time of one disk (all escaped by the template)."""
+    point = disk.get("point")
+    return {
+        "path": str(disk.get("path", "")),
+        "point": point if isinstance(point, dict) and point else None,
+        "layers": [la for la in disk.get("layers") or [] if isinstance(la, dict)],
+        "snapshots": [s for s in disk.get("snapshots") or [] if isinstance(s, dict)],
+    }
+
+
 def build_context(doc: dict[str, Any]) -> dict[str, Any]:
     """Everything the template shows, computed from the run document."""
     images = list(doc.get("images") or [])
@@ -243,6 +254,9 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
                 "antivirus": av_view,
                 "disks": [
                     str(d.get("path", "")) for d in img.get("disks") or [] if isinstance(d, dict)
+                ],
+                "disk_points": [
+                    _disk_point(d) for d in img.get("disks") or [] if isinstance(d, dict)
                 ],
             }
         )

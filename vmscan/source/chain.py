@@ -13,6 +13,9 @@ time budget, in their own process group.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -22,11 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmscan.errors import ImageError, ImageTimeoutError, UnsafeImageError
-from vmscan.model import DiskRef
+from vmscan.model import DiskLayer, DiskRef, Snapshot
 from vmscan.proc import Budget, SubprocessError, SubprocessTimeout, run_bounded
 from vmscan.source import headers
 from vmscan.source.headers import SPARSE_EXTENTS, SUPPORTED, UNSUPPORTED, Ref, describe_mode
 from vmscan.source.kinds import check_source_path
+from vmscan.source.snapshots import cross_check as snapshot_cross_check
+from vmscan.source.snapshots import read_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,13 @@ QEMU_IMG_CHECK_TIMEOUT = 300.0
 _MAX_INFO_BYTES = 4 * 1024 * 1024
 #: Formats whose metadata ``qemu-img check`` verifies cheaply.
 _CHECKABLE = ("qcow2", "vhdx", "vmdk")
-_SUFFIX_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vhd": "vpc", ".vhdx": "vhdx"}
+_SUFFIX_FORMATS = {
+    ".qcow2": "qcow2",
+    ".vmdk": "vmdk",
+    ".vhd": "vpc",
+    ".vhdx": "vhdx",
+    ".avhdx": "vhdx",
+}
 _PROTOCOL = re.compile(r"^([^:/]*):")
 
 
@@ -189,6 +200,8 @@ def vet_disk(
     top_fmt = _detect(src.real, label, fmt)
     chain: list[str] = []
     layers: list[tuple[str, str]] = []
+    described: list[DiskLayer] = []
+    snaps: tuple[Snapshot, ...] = ()
     path, layer_fmt = src.real, top_fmt
     virtual_size: int | None = None
     for depth in range(MAX_CHAIN + 1):
@@ -208,8 +221,14 @@ def vet_disk(
         info = _qemu_img_info(path, layer_fmt, v)
         _cross_check(v, owner, layer, info, vetted)
         layers.append((path, layer_fmt))
+        described.append(_describe_layer(path, layer_fmt, vetted, layer, info))
         if depth == 0:
             virtual_size = layer.virtual_size or int(info.get("virtual-size") or 0) or None
+            if layer_fmt == "qcow2":
+                snaps = read_snapshots(path)
+                differs = snapshot_cross_check(snaps, info)
+                if differs:
+                    raise v.refuse(f"qemu-img disagrees with vmscan about {owner}: {differs}")
         ref = layer.backing
         if ref is None:
             break
@@ -226,6 +245,8 @@ def vet_disk(
         virtual_size,
         tuple(chain),
         given=label if src.real != os.path.abspath(label) else "",
+        layers=tuple(dataclasses.replace(d, index=i) for i, d in enumerate(reversed(described))),
+        snapshots=snaps,
     )
 
 
@@ -305,6 +326,21 @@ def _backing_layer(v: _Vetting, ref: Ref, path: str, owner: str) -> tuple[str, s
             f"header is {found}" + (f" ({UNSUPPORTED[found]})" if found in UNSUPPORTED else "")
         )
     return bpath, recorded
+
+
+def _describe_layer(
+    path: str, fmt: str, vetted: set[str], layer: headers.Layer, info: dict[str, Any]
+) -> DiskLayer:
+    """File, format, bytes on the host and date of one layer, for the report."""
+    size, mtime = 0, 0.0
+    for f in vetted:
+        with contextlib.suppress(OSError):
+            st = os.stat(f)
+            size += st.st_size
+            mtime = max(mtime, st.st_mtime)
+    when = dt.datetime.fromtimestamp(mtime, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    vsize = layer.virtual_size or int(info.get("virtual-size") or 0) or None
+    return DiskLayer(0, os.path.realpath(path), fmt, size, when, vsize)
 
 
 def _vet_parts(

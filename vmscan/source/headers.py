@@ -472,5 +472,10 @@ def _vhdx(r: _Reader) -> Layer:
         "vhdx",
         None,
         parts=tuple(Ref("VHDX parent", n) for n in names[:8]),
-        refusal="it is a VHDX differencing disk (vmscan does not open VHDX parents)",
+        refusal=(
+            "it is a VHDX differencing disk (a Hyper-V checkpoint, .avhdx), which qemu cannot "
+            "read together with its parent: merge it into its parent (Hyper-V Manager: Edit "
+            "Disk > Merge; PowerShell: Merge-VHD) or export the VM (Export-VM), then scan "
+            "the merged .vhdx"
+        ),
     )

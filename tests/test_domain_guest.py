@@ -1,0 +1,263 @@
+"""libvirt:NAME end to end with a real libvirtd: a running TCG domain read through a pull-mode
+backup (still running afterwards, same live XML and disk chain, no job left), a shut-off
+domain read from its files (unchanged), and an unknown domain as a clear per-image error.
+
+The daemons are started here when none runs (there is no systemd in CI) and stopped at the
+end. The domains need no OS: SeaBIOS finds nothing to boot and the VM keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fixtures
+from fixtures.specs.debian_lvm import EICAR_PATH
+from vmscan.cli import main
+from vmscan.manifest import sha256_file
+
+pytestmark = pytest.mark.guest
+URI = "qemu:///system"
+libvirt = pytest.importorskip("libvirt", reason="python3-libvirt is not installed")
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def _pid(path: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path(path).read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    return None
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[Any]:
+    """A connection to qemu:///system, with virtlogd and libvirtd started if need be."""
+    if os.geteuid() != 0:
+        pytest.skip("qemu:///system needs root here")
+    if not shutil.which("libvirtd"):
+        pytest.skip("libvirtd is not installed (Debian package libvirt-daemon-system)")
+    started: list[int] = []
+    for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
+        if _pid(pidfile) is None:
+            subprocess.run([daemon, "-d"], check=True, timeout=60)
+            for _ in range(200):
+                if (pid := _pid(pidfile)) is not None:
+                    started.append(pid)
+                    break
+                time.sleep(0.1)
+    c = None
+    for _ in range(100):
+        try:
+            c = libvirt.open(URI)
+            break
+        except libvirt.libvirtError:
+            time.sleep(0.2)
+    assert c is not None, "libvirtd did not answer"
+    yield c
+    c.close()
+    for pid in reversed(started):  # only what this module started
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if _pid(f"/proc/{pid}/stat") is None and not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+
+
+def _chain(disk: Path) -> str:
+    return subprocess.run(
+        ["qemu-img", "info", "-U", "--backing-chain", str(disk)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def domains(conn: Any) -> Iterator[dict[str, Any]]:
+    """A running transient domain and a defined, shut-off one, each on a copy of debian-lvm."""
+    folder = Path(tempfile.mkdtemp(prefix="vmscan-domains-", dir="/var/tmp"))
+    os.chmod(folder, 0o755)  # libvirt-qemu must reach the disks
+    base = fixtures.build("debian-lvm", "qcow2")
+    tag = uuid.uuid4().hex[:8]
+    running_disk, off_disk = folder / "running.qcow2", folder / "off.qcow2"
+    shutil.copyfile(base, running_disk)
+    shutil.copyfile(base, off_disk)
+    running = conn.createXML(DOMAIN_XML.format(name=f"vmscan-run-{tag}", disk=running_disk), 0)
+    off = conn.defineXML(DOMAIN_XML.format(name=f"vmscan-off-{tag}", disk=off_disk))
+    try:
+        yield {
+            "folder": folder,
+            "running": running,
+            "off": off,
+            "running_disk": running_disk,
+            "off_disk": off_disk,
+        }
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            running.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            off.undefine()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def scan(domains: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    running, off = domains["running"], domains["off"]
+    before = {
+        "xml": running.XMLDesc(0),
+        "chain": _chain(domains["running_disk"]),
+        "off_hash": sha256_file(domains["off_disk"]),
+        "off_chain": _chain(domains["off_disk"]),
+    }
+    out = tmp_path_factory.mktemp("domains") / "report.json"
+    tmp_before = set(os.listdir("/tmp"))
+    rc = main(
+        [
+            "scan",
+            "-q",
+            "--manifest",
+            "--checks",
+            "none",
+            "-j",
+            "2",
+            "--connect",
+            URI,
+            "-o",
+            str(out),
+            f"libvirt:{running.name()}",
+            f"libvirt:{off.name()}",
+            "libvirt:vmscan-no-such-domain",
+        ]
+    )
+    after = {
+        "xml": running.XMLDesc(0),
+        "chain": _chain(domains["running_disk"]),
+        "off_hash": sha256_file(domains["off_disk"]),
+        "off_chain": _chain(domains["off_disk"]),
+    }
+    return {
+        "rc": rc,
+        "report": json.loads(out.read_text()),
+        "before": before,
+        "after": after,
+        "active": running.isActive(),
+        "job": running.jobInfo()[0],
+        "new_tmp": set(os.listdir("/tmp")) - tmp_before,
+    }
+
+
+def test_running_domain_scanned_through_backup(scan: dict[str, Any]) -> None:
+    img = scan["report"]["images"][0]
+    assert img["status"] in ("ok", "partial"), img["errors"]
+    (disk,) = img["disks"]
+    assert disk["point"]["kind"] == "backup"
+    # No guest agent in this VM: the view is a crash-consistent point in time.
+    assert disk["point"]["consistency"] == "crash-consistent"
+    assert "guest agent" in disk["point"]["note"]
+    assert EICAR_PATH in {e["path"] for e in img["manifest"]}
+    assert [la["format"] for la in disk["layers"]] == ["qcow2"]
+
+
+def test_running_domain_untouched(scan: dict[str, Any]) -> None:
+    assert scan["active"]
+    assert scan["after"]["xml"] == scan["before"]["xml"]
+    assert scan["after"]["chain"] == scan["before"]["chain"]
+    assert scan["job"] == libvirt.VIR_DOMAIN_JOB_NONE  # the backup job was ended
+    assert not [d for d in scan["new_tmp"] if d.startswith("vmscan-backup-")]
+
+
+def test_shut_off_domain_read_from_files(scan: dict[str, Any]) -> None:
+    img = scan["report"]["images"][1]
+    assert img["status"] in ("ok", "partial"), img["errors"]
+    (disk,) = img["disks"]
+    assert disk["point"]["consistency"] == "offline"
+    assert EICAR_PATH in {e["path"] for e in img["manifest"]}
+    assert scan["after"]["off_hash"] == scan["before"]["off_hash"]
+    assert scan["after"]["off_chain"] == scan["before"]["off_chain"]
+
+
+def test_unknown_domain_is_a_clear_error(scan: dict[str, Any]) -> None:
+    img = scan["report"]["images"][2]
+    assert img["status"] == "error"
+    assert img["errors"] == [
+        f"libvirt:vmscan-no-such-domain: no domain named 'vmscan-no-such-domain' on {URI}"
+    ]
+    assert scan["rc"] == 2
+
+
+def test_backup_job_ended_when_the_worker_is_killed(domains: dict[str, Any]) -> None:
+    """SIGKILL after the backup started: the guardian ends the job, the VM runs on."""
+    from vmscan.proc import Budget
+    from vmscan.source.domain import open_domain
+
+    running = domains["running"]
+    xml_before = running.XMLDesc(0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the "worker": start the backup, say so, wait to be killed
+        try:
+            os.close(r)
+            with open_domain(f"libvirt:{running.name()}", URI, None, (), Budget(120)) as (_, v):
+                os.write(w, v[0].nbd_socket.encode() + b"\n")
+                time.sleep(600)
+        finally:
+            os._exit(1)
+    os.close(w)
+    sock = os.read(r, 4096).decode().strip()
+    os.close(r)
+    assert sock and os.path.exists(sock)
+    assert running.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    for _ in range(300):
+        if running.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+            break
+        time.sleep(0.1)
+    assert running.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+    for _ in range(100):  # the guardian removes the socket folder right after
+        if not os.path.exists(os.path.dirname(sock)):
+            break
+        time.sleep(0.1)
+    assert not os.path.exists(os.path.dirname(sock))
+    assert running.isActive()
+    assert running.XMLDesc(0) == xml_before
+
+
+def test_discover_domains(domains: dict[str, Any]) -> None:
+    """The nightly's discovery: running and shut-off domains of a connection; a bad URI warns."""
+    from vmscan.source.domain import discover_domains
+
+    found, warnings = discover_domains([URI, "test+bogus:///nowhere"])
+    states = {d.name: d.running for d in found if d.uri == URI}
+    assert states[domains["running"].name()] is True
+    assert states[domains["off"].name()] is False
+    assert {d.label for d in found} >= {f"libvirt:{domains['off'].name()}"}
+    assert len(warnings) == 1 and warnings[0].startswith("test+bogus:///nowhere: cannot connect")
