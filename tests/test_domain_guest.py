@@ -261,3 +261,53 @@ def test_discover_domains(domains: dict[str, Any]) -> None:
     assert states[domains["off"].name()] is False
     assert {d.label for d in found} >= {f"libvirt:{domains['off'].name()}"}
     assert len(warnings) == 1 and warnings[0].startswith("test+bogus:///nowhere: cannot connect")
+
+
+def test_nightly_discovers_and_scans_the_domains_of_a_connection(
+    domains: dict[str, Any], tmp_path: Path
+) -> None:
+    """``[images] libvirt = [URI]``: both domains found; night 1 scans both (the running one
+    through a backup), night 2 carries the shut-off one (its files did not change) and scans
+    the running one again (a running VM is never "unchanged"); the VM keeps running."""
+    from vmscan.nightly import load_config, run_nightly
+
+    running, off = domains["running"], domains["off"]
+    xml_before = running.XMLDesc(0)
+    cfg_path = tmp_path / "vmscan.toml"
+    cfg_path.write_text(
+        "\n".join(
+            [
+                'fail_on = "none"',
+                "[images]",
+                f'libvirt = ["{URI}"]',
+                "[scan]",
+                "checks = []",
+                "[limits]",
+                "jobs = 2",
+                "[state]",
+                f'database = "{tmp_path / "state.db"}"',
+                "[reports]",
+                f'dir = "{tmp_path / "reports"}"',
+                'formats = ["json"]',
+            ]
+        )
+        + "\n"
+    )
+    cfg = load_config(cfg_path)
+    labels = {f"libvirt:{URI}/{running.name()}", f"libvirt:{URI}/{off.name()}"}
+    first = run_nightly(cfg, manage_services=False)
+    actions = {it.source.path: it.action for it in first.plan}
+    assert labels <= set(actions) and {actions[lb] for lb in labels} == {"scan"}
+    doc = json.loads((tmp_path / "reports" / "latest" / "report.json").read_text())
+    by_source = {img["source"]: img for img in doc["images"]}
+    run_img = by_source[f"libvirt:{URI}/{running.name()}"]
+    off_img = by_source[f"libvirt:{URI}/{off.name()}"]
+    assert run_img["status"] != "error" and off_img["status"] != "error"
+    assert run_img["disks"][0]["point"]["consistency"] == "crash-consistent"
+    assert off_img["disks"][0]["point"]["consistency"] == "offline"
+    second = run_nightly(cfg, manage_services=False)
+    again = {it.source.path: it.action for it in second.plan}
+    assert again[f"libvirt:{URI}/{off.name()}"] == "carry"
+    assert again[f"libvirt:{URI}/{running.name()}"] == "scan"
+    assert running.isActive() and running.XMLDesc(0) == xml_before
+    assert running.jobInfo()[0] == 0  # no backup job left

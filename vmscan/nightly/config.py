@@ -32,6 +32,8 @@ class NightlyConfig:
     path: Path
     image_paths: tuple[str, ...] = ()
     libvirt_xml_dirs: tuple[str, ...] = ()
+    # libvirt connections whose domains (running and shut off) are scanned.
+    libvirt_uris: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     recursive: bool = False
@@ -81,6 +83,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "images": {
         "paths": _Key("list[str]", "image_paths", path=True),
         "libvirt_xml_dirs": _Key("list[str]", "libvirt_xml_dirs", path=True),
+        "libvirt": _Key("list[str]", "libvirt_uris"),
         "exclude": _Key("list[str]", "exclude"),
         "extensions": _Key("list[str]", "extensions"),
         "recursive": _Key("bool", "recursive"),
@@ -266,9 +269,9 @@ def config_from_dict(data: dict[str, Any], cfg_path: Path, text: str = "") -> Ni
             )
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-    if not values.get("image_paths") and not values.get("libvirt_xml_dirs"):
+    if not any(values.get(k) for k in ("image_paths", "libvirt_xml_dirs", "libvirt_uris")):
         raise ConfigError(
-            f"{cfg_path}: nothing to scan: set [images] paths and/or libvirt_xml_dirs"
+            f"{cfg_path}: nothing to scan: set [images] paths, libvirt_xml_dirs and/or libvirt"
         )
     out: dict[str, Any] = {"path": cfg_path}
     for attr, val in values.items():

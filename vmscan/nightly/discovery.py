@@ -22,7 +22,7 @@ class Source:
     """One thing to scan: an image file or a libvirt domain XML (with its disks)."""
 
     path: str
-    kind: str  # "image" | "domain"
+    kind: str  # "image" | "domain" (XML file) | "libvirt" | "libvirt-running"
     disks: tuple[str, ...]
     error: str = ""  # set when the source cannot be used (not found, bad XML)
 
@@ -148,6 +148,17 @@ def discover(cfg: NightlyConfig) -> Discovery:
             sources.append(Source(path, "domain", (), error=str(exc)))
             continue
         sources.append(Source(path, "domain", disks))
+    if cfg.libvirt_uris:
+        # Every domain of each connection, running or shut off: scanned as libvirt:URI/NAME
+        # (a point-in-time backup for a running one, its vetted files for a shut-off one).
+        from vmscan.source.domain import discover_domains
+
+        domains, warnings = discover_domains(cfg.libvirt_uris)
+        out.warnings.extend(warnings)
+        for dom in domains:
+            if not _excluded(dom.name, cfg.exclude):
+                kind = "libvirt-running" if dom.running else "libvirt"
+                sources.append(Source(dom.full_label, kind, dom.disks))
     stop_point("discovery")  # tests: SIGKILL in the middle of discovery
     owned = {os.path.realpath(d) for s in sources for d in s.disks}
     roots = _configured_roots(cfg)
@@ -160,7 +171,7 @@ def discover(cfg: NightlyConfig) -> Discovery:
         sources.append(Source(path, "image", (path,), error=err))
     seen: set[str] = set()
     for src in sources:
-        real = os.path.realpath(src.path)
+        real = src.path if src.kind.startswith("libvirt") else os.path.realpath(src.path)
         if real in seen:
             continue
         seen.add(real)

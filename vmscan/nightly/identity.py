@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,14 @@ def source_identity(
 ) -> dict[str, Any]:
     """Identity of a source: its disks (and, for a domain, the XML's content hash)."""
     ident: dict[str, Any] = {"kind": src.kind}
+    if src.kind == "libvirt-running":
+        # A running VM changes under us all day: never "unchanged", scanned every night
+        # from a new point-in-time view; its files are not ours to stat as an identity.
+        ident["observed_at_ns"] = time.time_ns()
+        ident["disks"] = []
+        return ident
+    if src.kind == "libvirt":
+        fmt = None  # each disk's format is the domain definition's
     if src.kind == "domain":
         with open(src.path, "rb") as fh:
             data = fh.read(4 << 20)

@@ -49,8 +49,27 @@ _QEMU_USER = "libvirt-qemu"
 
 
 def is_domain_source(label: str) -> bool:
-    """True for ``libvirt:NAME``."""
+    """True for ``libvirt:NAME`` (and ``libvirt:URI/NAME``)."""
     return label.startswith(PREFIX)
+
+
+def split_label(label: str, default_uri: str) -> tuple[str, str]:
+    """(connection URI, domain name) of ``libvirt:NAME`` or ``libvirt:URI/NAME``.
+
+    A domain name cannot hold ``/`` (libvirt refuses it), so the name is what follows the
+    last ``/`` of a label that carries a URI (``libvirt:qemu+ssh://host/system/web1``);
+    the nightly job names its domains so, one label per domain of each connection.
+    """
+    rest = label[len(PREFIX) :]
+    if "://" in rest:
+        uri, _, name = rest.rpartition("/")
+        return uri, name
+    return default_uri, rest
+
+
+def domain_label(uri: str, name: str) -> str:
+    """The source label of domain *name* on connection *uri* (see :func:`split_label`)."""
+    return f"{PREFIX}{uri}/{name}"
 
 
 def _libvirt() -> Any:
@@ -233,7 +252,7 @@ def open_domain(
     """(disks for the report, disks for the appliance) of the domain ``libvirt:NAME``."""
     from vmscan.disk import check_disk, domain_disks
 
-    name = label[len(PREFIX) :]
+    uri, name = split_label(label, uri)
     if not name:
         raise ImageError(f"{label}: no domain name after {PREFIX!r}")
     guardian = _Guardian()  # before any libvirt connection: the child forks with no threads
@@ -338,11 +357,18 @@ class Discovered:
     uri: str
     name: str
     running: bool
+    #: Host files of its disks (inactive definition), for storage grouping and identity.
+    disks: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
         """The source to scan (with ``--connect`` / ``libvirt_uri`` set to :attr:`uri`)."""
         return PREFIX + self.name
+
+    @property
+    def full_label(self) -> str:
+        """The source to scan, carrying its connection (``libvirt:URI/NAME``)."""
+        return domain_label(self.uri, self.name)
 
 
 def discover_domains(uris: tuple[str, ...] | list[str]) -> tuple[list[Discovered], list[str]]:
@@ -361,7 +387,9 @@ def discover_domains(uris: tuple[str, ...] | list[str]) -> tuple[list[Discovered
         try:
             for dom in conn.listAllDomains(0):
                 try:
-                    found.append(Discovered(uri, dom.name(), bool(dom.isActive())))
+                    found.append(
+                        Discovered(uri, dom.name(), bool(dom.isActive()), _disk_files(lv, dom))
+                    )
                 except lv.libvirtError as e:  # it went away while listing
                     warnings.append(f"{uri}: a domain disappeared while listing: {_msg(e)}")
         except lv.libvirtError as e:
@@ -370,6 +398,17 @@ def discover_domains(uris: tuple[str, ...] | list[str]) -> tuple[list[Discovered
             conn.close()
     found.sort(key=lambda d: (d.uri, d.name))
     return found, warnings
+
+
+def _disk_files(lv: Any, dom: Any) -> tuple[str, ...]:
+    """Host files of a domain's disks from its inactive definition ((): none readable)."""
+    from vmscan.disk import domain_disks
+
+    try:
+        root = _parse(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE), PREFIX + dom.name())
+        return tuple(path for path, _fmt, _dev in domain_disks(root, PREFIX + dom.name()))
+    except ImageError:
+        return ()
 
 
 def _with(d: DiskRef, **changes: Any) -> DiskRef:
