@@ -268,6 +268,9 @@ def _execute(
             )
             meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
             scan_key = scan_key_for(item.base_key, digests, os_types)
+        av_full = _av_full_scan(db, item, result, carried=carried, offline=offline)
+        if meta is not None and av_full:
+            meta["av_full_scan"] = av_full
         old_state = (result.get("sections") or {}).get("state") or {}
         scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
             "finished_at", ""
@@ -282,6 +285,15 @@ def _execute(
             state["rechecked_at"] = utcnow()
             # Offline: re-run on the stored inventory, the image was not opened.
             state["rechecked_offline"] = offline
+        if av_full:
+            state["antivirus_as_of"] = av_full
+            if item.av_scope and not carried:
+                state["antivirus_as_of"] = {
+                    **av_full,
+                    "kinds_rechecked": item.av_scope.split(","),
+                    "kinds_engine": _av_engine(result),
+                    "kinds_date": result.get("finished_at", ""),
+                }
         result.setdefault("sections", {})["state"] = state
         db.add_image_result(
             run_id,
@@ -356,9 +368,9 @@ def _execute(
     to_scan = [
         it for it in items if it.action in ("scan", "partial") and it.source.path not in done
     ]
-    by_checks: dict[tuple[str, ...], list[PlanItem]] = {}
+    by_checks: dict[tuple[tuple[str, ...], str], list[PlanItem]] = {}
     for it in to_scan:
-        by_checks.setdefault(it.checks, []).append(it)
+        by_checks.setdefault((it.checks, it.av_scope), []).append(it)
 
     def _collect(wave: list[PlanItem], scanned: ScanResult) -> None:
         # A scan function that returns results without calling back is fine too.
@@ -375,12 +387,14 @@ def _execute(
         # One managed clamd for the whole night (started when the first wave needs it),
         # sized for cfg.jobs; each wave's options get its descriptor in memory.
         shared: dict[str, Any] | None = None
-        for checks, group in by_checks.items():
+        for (checks, av_scope), group in by_checks.items():
             for wave in waves(group, cfg.jobs, cfg.max_per_storage):
                 jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
                 if len({w.storage for w in wave}) > 1:
                     jobs = min(cfg.jobs, len(wave))
                 opts = make_scan_options(cfg, checks, jobs)
+                if av_scope:
+                    opts.plugin_options["av_scope"] = av_scope  # a bounded re-check
                 if manage_services and shared is None and "antivirus" in checks:
                     night_opts = make_scan_options(cfg, tuple(cfg.checks), cfg.jobs)
                     night.enter_context(_services(night_opts))
@@ -390,6 +404,103 @@ def _execute(
                         opts.plugin_options[key] = shared[key]
                 scanned = scan([w.source.path for w in wave], opts, on_image_done=on_image_done)
                 _collect(wave, scanned)
+
+
+def _av_engine(result: dict[str, Any]) -> str:
+    """The clamd VERSION reply recorded with a result's antivirus section ('' if none)."""
+    section = (result.get("sections") or {}).get("antivirus") or {}
+    engine = section.get("engine") if isinstance(section, dict) else ""
+    if not engine:
+        for root in iter_roots(result):
+            engine = ((root.get("sections") or {}).get("antivirus") or {}).get("engine") or ""
+            if engine:
+                break
+    return str(engine or "")
+
+
+def _av_complete(result: dict[str, Any]) -> bool:
+    roots = list(iter_roots(result))
+    return bool(roots) and all(
+        ((r.get("sections") or {}).get("antivirus") or {}).get("status") == "complete"
+        for r in roots
+    )
+
+
+def _av_full_scan(
+    db: StateDB, item: PlanItem, result: dict[str, Any], *, carried: bool, offline: bool
+) -> dict[str, Any]:
+    """When and under which database every file of the image was last content-scanned."""
+    fresh = (
+        not carried
+        and not offline
+        and not item.av_scope
+        and "antivirus" in item.checks
+        and _av_complete(result)
+    )
+    if fresh:
+        return {"engine": _av_engine(result), "date": result.get("finished_at") or utcnow()}
+    prev = db.latest_image_row(item.source.path)
+    full = ((prev.identity or {}).get("av_full_scan") if prev is not None else None) or {}
+    return dict(full) if isinstance(full, dict) else {}
+
+
+def _keep_unstreamed_av_findings(
+    base: dict[str, Any], merged: dict[str, Any], scope: str, state_db: str
+) -> None:
+    """A bounded re-check streamed only files of *scope*: earlier antivirus findings on
+    other files stand (their files were not looked at again), found by their content's
+    kinds in the antivirus file-kind cache (unknown kinds: kept too)."""
+    from vmscan.av.cache import VerdictCache
+
+    kinds_wanted = set(scope.split(","))
+    sha_of = {
+        (str(e.get("device")), str(e.get("path"))): str(e.get("sha256") or "").lower()
+        for e in base.get("manifest") or []
+    }
+    try:
+        cache = VerdictCache(state_db, "", "")
+        try:
+            kinds = cache.kinds(s for s in sha_of.values() if s)
+        finally:
+            cache.close()
+    except Exception as exc:  # no cache: keep every earlier finding (never lose one)
+        log.info("file kinds unavailable (%s): earlier antivirus findings kept", exc)
+        kinds = {}
+    fresh_roots = {str(r.get("device")): r for r in iter_roots(merged)}
+    for old_root in iter_roots(base):
+        root = fresh_roots.get(str(old_root.get("device")))
+        if root is None:
+            continue
+        have = {(f.get("check"), f.get("fingerprint")) for f in root.get("findings") or []}
+        for f in old_root.get("findings") or []:
+            if f.get("check") != "antivirus" or (f.get("check"), f.get("fingerprint")) in have:
+                continue
+            sha = sha_of.get((str(old_root.get("device")), str(f.get("target"))), "")
+            if sha in kinds and kinds[sha] & kinds_wanted:
+                continue  # re-streamed under the new database: its new verdict counts
+            root.setdefault("findings", []).append(f)
+
+
+def prune_verdicts(db: StateDB, doc: dict[str, Any], *, keep_days: float) -> int:
+    """Delete cached antivirus verdicts of signature databases no result of this run was
+    scanned under, once older than ``keep_days``. Returns how many rows went."""
+    keep = {
+        str(((r.get("sections") or {}).get("antivirus") or {}).get("database_digest") or "")
+        for img in doc.get("images") or []
+        for r in iter_roots(img)
+    } - {""}
+    cutoff = int(time.time() - keep_days * 86400)
+    with db.transaction() as conn:
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'av_verdicts'"
+        ).fetchone():
+            return 0
+        marks = ",".join("?" * len(keep)) or "''"
+        cur = conn.execute(
+            f"DELETE FROM av_verdicts WHERE scanned_at < ? AND db_digest NOT IN ({marks})",
+            (cutoff, *sorted(keep)),
+        )
+        return int(cur.rowcount or 0)
 
 
 #: What the night's managed services hand to every wave (in memory, never a file).
@@ -409,6 +520,8 @@ def image_result(
     result["source"] = item.source.path
     if item.action == "partial" and base is not None:
         result = _merge_partial(base, result, item.checks)
+        if item.av_scope and result.get("status") != "error":
+            _keep_unstreamed_av_findings(base, result, item.av_scope, str(cfg.state_db))
     finalize_image_dict(result)  # whatever the scan function: status follows plugins
     ident = item.identity
     try:
@@ -533,6 +646,11 @@ def _finish(
             outcome.error = str(exc)
             outcome.exit_code = EXIT_IMAGE_ERROR
             log.error("run %d: %s", run_id, exc)
+    pruned = 0
+    if "antivirus" in cfg.checks:
+        pruned = prune_verdicts(db, doc, keep_days=max(cfg.av_recheck_days, 1.0))
+    if pruned:
+        log.info("antivirus: removed %d verdict(s) of older signature databases", pruned)
     expired = db.runs_to_expire(keep_runs=cfg.keep_runs, keep_days=cfg.keep_days)
     if expired:
         db.delete_runs(expired)
