@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,33 +18,35 @@ from vmscan.completeness import (
     EXIT_IMAGE_ERROR,
     EXIT_OK,
     exit_code,
-    finalize_image_dict,
     incomplete_plugins,
 )
 from vmscan.diff import iter_roots
 from vmscan.errors import VmscanError
 from vmscan.faults import stop_point
-from vmscan.model import ImageResult, ScanResult, to_jsonable
+from vmscan.model import ImageResult, ScanResult
+from vmscan.nightly.av_recheck import _av_engine, _av_full_scan, prune_verdicts
 from vmscan.nightly.config import NightlyConfig
-from vmscan.nightly.digests import data_digests, default_signatures_dir, scan_key_for
+from vmscan.nightly.digests import data_digests, scan_key_for
 from vmscan.nightly.discovery import discover
-from vmscan.nightly.identity import source_identity, stat_parts
 from vmscan.nightly.merge import (
     OFFLINE_CHECKS,
     _error_result,
-    _merge_partial,
     build_report_document,
     offline_recheck,
     summarize,
 )
 from vmscan.nightly.metrics import write_metrics
 from vmscan.nightly.plan import PlanItem, plan, waves
+from vmscan.nightly.unit import (
+    ScanFn,
+    image_result,
+    make_scan_options,
+    plugin_options,
+)
 from vmscan.report.layout import remove_run_dir
 from vmscan.state import RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, StateDB, utcnow
 
 log = logging.getLogger(__name__)
-
-ScanFn = Callable[..., ScanResult]
 
 
 class BusyError(VmscanError):
@@ -95,52 +96,6 @@ def run_lock(db_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
-    """Options handed to catalogers and checks (as ``vmscan scan`` builds them)."""
-    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
-    options: dict[str, Any] = {"av_scope": cfg.av_scope, "signatures_dir": str(sig_dir)}
-    if cfg.clamd:
-        options["clamd"] = cfg.clamd
-    if cfg.license_policy:
-        options["license_policy"] = cfg.license_policy
-    if "patch" in cfg.checks:
-        # Compile the advisory index once; workers open it read-only by this path.
-        with contextlib.suppress(ImportError, OSError, ValueError, VmscanError):
-            from vmscan.advisories import prepare
-
-            prepare(options)
-    return options
-
-
-def make_scan_options(cfg: NightlyConfig, checks: tuple[str, ...], jobs: int) -> Any:
-    """The scanner's ScanOptions for this config (only the fields it knows)."""
-    from vmscan.scanner import ScanOptions
-
-    plugin_options_ = plugin_options(cfg)
-    wanted: dict[str, Any] = {
-        "jobs": jobs,
-        "memsize": cfg.memsize,
-        "timeout": cfg.timeout,
-        "accel": cfg.accel,
-        "manifest": cfg.manifest,
-        "checks": checks,
-        "fail_on": cfg.fail_on,
-        "allow_backing": cfg.allow_backing,
-        "disk_format": cfg.disk_format,
-        "state_db": str(cfg.state_db),
-        "quiet": True,
-        "plugin_options": plugin_options_,
-    }
-    names = {f.name for f in dataclasses.fields(ScanOptions)}
-    return ScanOptions(**{k: v for k, v in wanted.items() if k in names})
-
-
-def _default_scan_fn() -> ScanFn:
-    from vmscan.scanner import scan_sources
-
-    return scan_sources
 
 
 @contextlib.contextmanager
@@ -406,167 +361,8 @@ def _execute(
                 _collect(wave, scanned)
 
 
-def _av_engine(result: dict[str, Any]) -> str:
-    """The clamd VERSION reply recorded with a result's antivirus section ('' if none)."""
-    section = (result.get("sections") or {}).get("antivirus") or {}
-    engine = section.get("engine") if isinstance(section, dict) else ""
-    if not engine:
-        for root in iter_roots(result):
-            engine = ((root.get("sections") or {}).get("antivirus") or {}).get("engine") or ""
-            if engine:
-                break
-    return str(engine or "")
-
-
-def _av_complete(result: dict[str, Any]) -> bool:
-    roots = list(iter_roots(result))
-    return bool(roots) and all(
-        ((r.get("sections") or {}).get("antivirus") or {}).get("status") == "complete"
-        for r in roots
-    )
-
-
-def _av_full_scan(
-    db: StateDB, item: PlanItem, result: dict[str, Any], *, carried: bool, offline: bool
-) -> dict[str, Any]:
-    """When and under which database every file of the image was last content-scanned."""
-    fresh = (
-        not carried
-        and not offline
-        and not item.av_scope
-        and "antivirus" in item.checks
-        and _av_complete(result)
-    )
-    if fresh:
-        return {"engine": _av_engine(result), "date": result.get("finished_at") or utcnow()}
-    prev = db.latest_image_row(item.source.path)
-    full = ((prev.identity or {}).get("av_full_scan") if prev is not None else None) or {}
-    return dict(full) if isinstance(full, dict) else {}
-
-
-def _keep_unstreamed_av_findings(
-    base: dict[str, Any], merged: dict[str, Any], scope: str, state_db: str
-) -> None:
-    """A bounded re-check streamed only files of *scope*: earlier antivirus findings on
-    other files stand (their files were not looked at again), found by their content's
-    kinds in the antivirus file-kind cache (unknown kinds: kept too)."""
-    from vmscan.av.cache import VerdictCache
-
-    kinds_wanted = set(scope.split(","))
-    sha_of = {
-        (str(e.get("device")), str(e.get("path"))): str(e.get("sha256") or "").lower()
-        for e in base.get("manifest") or []
-    }
-    try:
-        cache = VerdictCache(state_db, "", "")
-        try:
-            kinds = cache.kinds(s for s in sha_of.values() if s)
-        finally:
-            cache.close()
-    except Exception as exc:  # no cache: keep every earlier finding (never lose one)
-        log.info("file kinds unavailable (%s): earlier antivirus findings kept", exc)
-        kinds = {}
-    fresh_roots = {str(r.get("device")): r for r in iter_roots(merged)}
-    for old_root in iter_roots(base):
-        root = fresh_roots.get(str(old_root.get("device")))
-        if root is None:
-            continue
-        have = {(f.get("check"), f.get("fingerprint")) for f in root.get("findings") or []}
-        for f in old_root.get("findings") or []:
-            if f.get("check") != "antivirus" or (f.get("check"), f.get("fingerprint")) in have:
-                continue
-            sha = sha_of.get((str(old_root.get("device")), str(f.get("target"))), "")
-            if sha in kinds and kinds[sha] & kinds_wanted:
-                continue  # re-streamed under the new database: its new verdict counts
-            root.setdefault("findings", []).append(f)
-
-
-def prune_verdicts(db: StateDB, doc: dict[str, Any], *, keep_days: float) -> int:
-    """Delete cached antivirus verdicts of signature databases no result of this run was
-    scanned under, once older than ``keep_days``. Returns how many rows went."""
-    keep = {
-        str(((r.get("sections") or {}).get("antivirus") or {}).get("database_digest") or "")
-        for img in doc.get("images") or []
-        for r in iter_roots(img)
-    } - {""}
-    cutoff = int(time.time() - keep_days * 86400)
-    with db.transaction() as conn:
-        if not conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'av_verdicts'"
-        ).fetchone():
-            return 0
-        marks = ",".join("?" * len(keep)) or "''"
-        cur = conn.execute(
-            f"DELETE FROM av_verdicts WHERE scanned_at < ? AND db_digest NOT IN ({marks})",
-            (cutoff, *sorted(keep)),
-        )
-        return int(cur.rowcount or 0)
-
-
 #: What the night's managed services hand to every wave (in memory, never a file).
 _SHARED_SERVICE_KEYS = ("clamd", "clamd_descriptor", "clamd_error")
-
-
-def image_result(
-    cfg: NightlyConfig, item: PlanItem, img: ImageResult, base: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The result to store for one scanned planned image, and the identity to store with it.
-
-    ``base``: for a partial rescan, the stored result whose other checks are kept. The
-    identity is None when the result must not be carried forward (a check did not complete,
-    the image changed or vanished under the scan). Stores nothing.
-    """
-    result: dict[str, Any] = to_jsonable(img)
-    result["source"] = item.source.path
-    if item.action == "partial" and base is not None:
-        result = _merge_partial(base, result, item.checks)
-        if item.av_scope and result.get("status") != "error":
-            _keep_unstreamed_av_findings(base, result, item.av_scope, str(cfg.state_db))
-    finalize_image_dict(result)  # whatever the scan function: status follows plugins
-    ident = item.identity
-    try:
-        after = source_identity(item.source, fmt=cfg.disk_format, allow_backing=cfg.allow_backing)
-        if stat_parts(after) != stat_parts(item.identity or {}):
-            result.setdefault("errors", []).append(
-                "the image changed while it was scanned (size, times or inode of one of its "
-                "files differ): this result may be inconsistent; it is rescanned next run"
-            )
-            if result.get("status") == "ok":
-                result["status"] = "partial"
-            ident = None
-    except OSError as exc:
-        result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
-        result["status"] = "error"
-        ident = None
-    if ident is not None and incomplete_plugins(result):
-        # A check that did not complete is retried next run: nothing is carried forward.
-        ident = None
-    return result, ident
-
-
-def scan_planned_image(
-    cfg: NightlyConfig,
-    item: PlanItem,
-    *,
-    scan_fn: ScanFn | None = None,
-    base: dict[str, Any] | None = None,
-    plugin_options_extra: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Scan one planned image (action "scan" or "partial") and return what to store.
-
-    The per-image unit of the night for other executors (a Dask worker): no database, no
-    storing. ``plugin_options_extra`` carries services the caller runs (a clamd address and
-    descriptor); ``base`` is the stored result a partial rescan merges into.
-    """
-    scan = scan_fn or _default_scan_fn()
-    opts = make_scan_options(cfg, item.checks, 1)
-    opts.plugin_options.update(plugin_options_extra or {})
-    got: list[ImageResult] = []
-    scanned = scan([item.source.path], opts, on_image_done=got.append)
-    img = got[0] if got else (scanned.images[0] if scanned.images else None)
-    if img is None:
-        return _error_result(item.source.path, "the scanner returned no result"), None
-    return image_result(cfg, item, img, base)
 
 
 def _finish(
