@@ -81,6 +81,16 @@ def _night(cfg_path: Path) -> tuple[float, int, int, int]:
     return wall, out.scanned, out.skipped, starts.count
 
 
+def _show(label: str, night: tuple[float, int, int, int]) -> tuple[float, int, int, int]:
+    wall, scanned, carried, starts = night
+    print(
+        f"nightly: {label:22s} {wall:6.1f} s  scanned {scanned}  carried {carried}  "
+        f"clamd starts {starts}",
+        flush=True,
+    )
+    return night
+
+
 def bench_nightly() -> None:
     base = fixtures.build("data-disk", "qcow2")
     with tempfile.TemporaryDirectory(prefix="vmscan-bench-nightly-") as tmp_:
@@ -113,23 +123,14 @@ def bench_nightly() -> None:
             )
             + "\n"
         )
-        first = _night(cfg_path)  # every image new: fills the state database
+        first = _show("first night (all new)", _night(cfg_path))  # fills the state DB
+        del first
         _change(images[3], 1)
-        one = _night(cfg_path)
+        one = _show("1 of 8 changed", _night(cfg_path))
         for n, img in enumerate(images):
             _change(img, n + 2)
-        every = _night(cfg_path)
-        unchanged = _night(cfg_path)
-    for label, (wall, scanned, carried, starts) in (
-        ("first night (all new)", first),
-        ("1 of 8 changed", one),
-        ("8 of 8 changed", every),
-        ("nothing changed", unchanged),
-    ):
-        print(
-            f"nightly: {label:22s} {wall:6.1f} s  scanned {scanned}  carried {carried}  "
-            f"clamd starts {starts}"
-        )
+        every = _show("8 of 8 changed", _night(cfg_path))
+        _show("nothing changed", _night(cfg_path))
     print(
         f"nightly: ratio 1-changed / all-changed = {one[0] / every[0]:.2f} (target <= 0.25); "
         f"clamd starts per night with images to scan: {one[3]}, {every[3]} (must be 1)"
