@@ -36,6 +36,7 @@ from vmscan.nightly.run import (
     dry_run,
     run_lock,
     run_nightly,
+    store_image_result,
 )
 from vmscan.nightly.unit import (
     ScanFn,
@@ -84,6 +85,7 @@ __all__ = [
     "scan_planned_image",
     "scan_settings",
     "source_identity",
+    "store_image_result",
     "summarize",
     "waves",
     "write_metrics",

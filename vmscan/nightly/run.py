@@ -213,51 +213,17 @@ def _execute(
         ident: dict[str, Any] | None = None,
         offline: bool = False,
     ) -> None:
-        meta = None
-        scan_key = ""
-        if ident is not None:
-            # The digests this result depends on follow from its OS types (the plan of the
-            # next night reads them back from here).
-            os_types = sorted(
-                {str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)}
-            )
-            meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
-            scan_key = scan_key_for(item.base_key, digests, os_types)
-        av_full = _av_full_scan(db, item, result, carried=carried, offline=offline)
-        if meta is not None and av_full:
-            meta["av_full_scan"] = av_full
-        old_state = (result.get("sections") or {}).get("state") or {}
-        scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
-            "finished_at", ""
-        )
-        state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
-        if item.action == "partial":
-            state["rescanned_checks"] = sorted(
-                {*offline_done.get(item.source.path, ()), *item.checks}
-            )
-            if item.source.path in offline_done and not offline:
-                state["offline_checks"] = list(offline_done[item.source.path])
-            state["rechecked_at"] = utcnow()
-            # Offline: re-run on the stored inventory, the image was not opened.
-            state["rechecked_offline"] = offline
-        if av_full:
-            state["antivirus_as_of"] = av_full
-            if item.av_scope and not carried:
-                state["antivirus_as_of"] = {
-                    **av_full,
-                    "kinds_rechecked": item.av_scope.split(","),
-                    "kinds_engine": _av_engine(result),
-                    "kinds_date": result.get("finished_at", ""),
-                }
-        result.setdefault("sections", {})["state"] = state
-        db.add_image_result(
+        store_image_result(
+            db,
             run_id,
-            item.source.path,
+            item,
             result,
-            identity=meta,
-            scan_key=scan_key,
-            carried_forward=carried,
-            origin_run_id=origin,
+            digests,
+            carried=carried,
+            origin=origin,
+            ident=ident,
+            offline=offline,
+            offline_checks=offline_done.get(item.source.path, ()),
         )
         done.add(item.source.path)
 
@@ -363,6 +329,66 @@ def _execute(
 
 #: What the night's managed services hand to every wave (in memory, never a file).
 _SHARED_SERVICE_KEYS = ("clamd", "clamd_descriptor", "clamd_error")
+
+
+def store_image_result(
+    db: StateDB,
+    run_id: int,
+    item: PlanItem,
+    result: dict[str, Any],
+    digests: dict[str, str],
+    *,
+    carried: bool = False,
+    origin: int | None = None,
+    ident: dict[str, Any] | None = None,
+    offline: bool = False,
+    offline_checks: tuple[str, ...] = (),
+) -> None:
+    """Store one image's result of run *run_id* (one transaction), with what the next
+    night's plan reads back: identity, base key, digests, OS types, the scan key (empty
+    when ``ident`` is None: never carried forward) and the antivirus "clean as of"."""
+    meta = None
+    scan_key = ""
+    if ident is not None:
+        # The digests this result depends on follow from its OS types (the plan of the
+        # next night reads them back from here).
+        os_types = sorted({str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)})
+        meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
+        scan_key = scan_key_for(item.base_key, digests, os_types)
+    av_full = _av_full_scan(db, item, result, carried=carried, offline=offline)
+    if meta is not None and av_full:
+        meta["av_full_scan"] = av_full
+    old_state = (result.get("sections") or {}).get("state") or {}
+    scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
+        "finished_at", ""
+    )
+    state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
+    if item.action == "partial":
+        state["rescanned_checks"] = sorted({*offline_checks, *item.checks})
+        if offline_checks and not offline:
+            state["offline_checks"] = list(offline_checks)
+        state["rechecked_at"] = utcnow()
+        # Offline: re-run on the stored inventory, the image was not opened.
+        state["rechecked_offline"] = offline
+    if av_full:
+        state["antivirus_as_of"] = av_full
+        if item.av_scope and not carried:
+            state["antivirus_as_of"] = {
+                **av_full,
+                "kinds_rechecked": item.av_scope.split(","),
+                "kinds_engine": _av_engine(result),
+                "kinds_date": result.get("finished_at", ""),
+            }
+    result.setdefault("sections", {})["state"] = state
+    db.add_image_result(
+        run_id,
+        item.source.path,
+        result,
+        identity=meta,
+        scan_key=scan_key,
+        carried_forward=carried,
+        origin_run_id=origin,
+    )
 
 
 def _finish(
