@@ -45,6 +45,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/bench_jobs.py
+	$(PY) benchmarks/bench_nightly.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -88,10 +88,17 @@ def image_from_spec(source: str, spec: dict[str, Any], checks: tuple[str, ...]) 
         roots=[root],
         manifest=manifest,
         started_at="2026-01-01T00:00:00Z",
-        finished_at="2026-01-01T00:00:01Z",
+        finished_at=spec.get("finished_at", "2026-01-01T00:00:01Z"),
     )
     if "antivirus" in checks:
         img.sections["antivirus"] = {"files_scanned": len(manifest)}
+        if spec.get("av_engine"):
+            # What the antivirus check records per root (engine = clamd's VERSION reply).
+            root.sections["antivirus"] = {
+                "status": "complete",
+                "engine": spec["av_engine"],
+                "database_digest": spec.get("av_digest", "d1"),
+            }
     return img
 
 
@@ -101,6 +108,8 @@ class FakeScanner:
 
     opened: list[str] = field(default_factory=list)
     calls: list[tuple[list[str], tuple[str, ...], int]] = field(default_factory=list)
+    # The antivirus scope each call was given ("all" or kinds of a bounded re-check).
+    scopes: list[str] = field(default_factory=list)
     # Called in the middle of the batch, after the first image's callback (faults).
     after_first: Callable[[], None] | None = None
     before_each: Callable[[str], None] | None = None
@@ -114,6 +123,7 @@ class FakeScanner:
         on_image_done: Callable[[ImageResult], None] | None = None,
     ) -> ScanResult:
         self.calls.append((list(sources), tuple(opts.checks), int(opts.jobs)))
+        self.scopes.append(str(opts.plugin_options.get("av_scope") or ""))
         result = ScanResult(
             schema_version=SCHEMA_VERSION,
             vmscan_version=__version__,

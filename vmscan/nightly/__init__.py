@@ -2,7 +2,10 @@
 
 config (schema, loading) -> discovery (sources) -> identity (what a disk is made of) and
 digests (data and settings a result depends on) -> plan (carry, partial, scan) -> run
-(execution, storing) -> merge (partial rescans, report document) -> metrics.
+(execution, storing) -> merge (partial rescans, report document) -> metrics. unit: one
+planned image scanned into its result (the local run and a fleet executor call it);
+av_recheck: bounded antivirus re-checks after a signature update; faults (vmscan.faults):
+test-only stop points.
 """
 
 from __future__ import annotations
@@ -30,13 +33,18 @@ from vmscan.nightly.plan import DIGEST_CHECKS, PlanItem, plan, waves
 from vmscan.nightly.run import (
     BusyError,
     NightlyOutcome,
-    ScanFn,
-    _default_scan_fn,
     dry_run,
-    make_scan_options,
-    plugin_options,
     run_lock,
     run_nightly,
+    store_image_result,
+)
+from vmscan.nightly.unit import (
+    ScanFn,
+    _default_scan_fn,
+    image_result,
+    make_scan_options,
+    plugin_options,
+    scan_planned_image,
 )
 
 __all__ = [
@@ -63,6 +71,7 @@ __all__ = [
     "dry_run",
     "file_identity",
     "format_metrics",
+    "image_result",
     "key_line",
     "keys_for",
     "load_config",
@@ -73,8 +82,10 @@ __all__ = [
     "quick_stat",
     "run_lock",
     "run_nightly",
+    "scan_planned_image",
     "scan_settings",
     "source_identity",
+    "store_image_result",
     "summarize",
     "waves",
     "write_metrics",

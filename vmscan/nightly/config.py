@@ -45,6 +45,10 @@ class NightlyConfig:
     allow_backing: tuple[str, ...] = ()
     signatures_dir: str | None = None
     av_scope: str = "all"
+    #: After a signature update, files whose clean verdict is younger than this many days
+    #: are not streamed again, except those of ``av_recheck_kinds`` (0: every file, always).
+    av_recheck_days: float = 7.0
+    av_recheck_kinds: tuple[str, ...] = ("executables", "documents", "archives")
     clamd: str | None = None
     license_policy: str | None = None
     jobs: int = 1
@@ -96,6 +100,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "allow_backing": _Key("list[str]", "allow_backing", path=True),
         "signatures_dir": _Key("str", "signatures_dir", path=True),
         "av_scope": _Key("str", "av_scope"),
+        "av_recheck_days": _Key("number", "av_recheck_days", minimum=0),
+        "av_recheck_kinds": _Key(
+            "list[str]", "av_recheck_kinds", ("executables", "documents", "archives")
+        ),
         "clamd": _Key("str", "clamd"),
         "license_policy": _Key("str", "license_policy", path=True),
     },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vmscan.nightly.config import NightlyConfig
@@ -35,6 +36,9 @@ class PlanItem:
     previous_run: int | None = None
     previous_digest: str = ""
     storage: str = ""
+    #: A bounded antivirus re-check after a signature update: the kinds re-streamed
+    #: ("" = the configured scope, every file).
+    av_scope: str = ""
 
 
 def _storage_of(src: Source, how: str) -> str:
@@ -102,12 +106,52 @@ def plan(
                 if changed:
                     item.action, item.checks = "partial", tuple(changed)
                     item.reason = f"image unchanged; data changed for {', '.join(changed)}"
+                    if "antivirus" in changed:
+                        bounded_av_recheck(cfg, item, prev_meta)
                 else:
                     item.reason = "scan settings changed"
             else:
                 item.reason = "image or settings changed"
         items.append(item)
     return items
+
+
+def _age_days(iso: str) -> float | None:
+    try:
+        then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds() / 86400
+
+
+def bounded_av_recheck(cfg: NightlyConfig, item: PlanItem, prev_meta: dict[str, Any]) -> None:
+    """After a signature update, re-stream only ``av_recheck_kinds`` while the image's last
+    full content scan is younger than ``av_recheck_days`` (hash signatures are matched
+    against every file's stored hash in any case; the other files stay "clean as of" the
+    database version of that full scan)."""
+    full = prev_meta.get("av_full_scan") or {}
+    age = _age_days(str(full.get("date") or ""))
+    if (
+        age is None
+        or age >= cfg.av_recheck_days
+        or not cfg.av_recheck_kinds
+        or cfg.av_scope.strip() not in ("", "all")
+        or not cfg.manifest
+    ):
+        if age is not None:
+            item.reason += f"; full antivirus re-check (last one {age:.1f} days ago)"
+        return
+    item.av_scope = ",".join(sorted(cfg.av_recheck_kinds))
+    due = datetime.fromisoformat(str(full["date"]).replace("Z", "+00:00")) + timedelta(
+        days=cfg.av_recheck_days
+    )
+    item.reason += (
+        f"; antivirus re-streams {item.av_scope} only, other files clean as of "
+        f"{full.get('engine') or 'the earlier database'} ({full.get('date')}); "
+        f"full re-check due {due.date().isoformat()}"
+    )
 
 
 def waves(items: list[PlanItem], jobs: int, per_storage: int) -> list[list[PlanItem]]:

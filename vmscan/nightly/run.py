@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,33 +18,35 @@ from vmscan.completeness import (
     EXIT_IMAGE_ERROR,
     EXIT_OK,
     exit_code,
-    finalize_image_dict,
     incomplete_plugins,
 )
 from vmscan.diff import iter_roots
 from vmscan.errors import VmscanError
 from vmscan.faults import stop_point
-from vmscan.model import ImageResult, ScanResult, to_jsonable
+from vmscan.model import ImageResult, ScanResult
+from vmscan.nightly.av_recheck import _av_engine, _av_full_scan, prune_verdicts
 from vmscan.nightly.config import NightlyConfig
-from vmscan.nightly.digests import data_digests, default_signatures_dir, scan_key_for
+from vmscan.nightly.digests import data_digests, scan_key_for
 from vmscan.nightly.discovery import discover
-from vmscan.nightly.identity import source_identity, stat_parts
 from vmscan.nightly.merge import (
     OFFLINE_CHECKS,
     _error_result,
-    _merge_partial,
     build_report_document,
     offline_recheck,
     summarize,
 )
 from vmscan.nightly.metrics import write_metrics
 from vmscan.nightly.plan import PlanItem, plan, waves
+from vmscan.nightly.unit import (
+    ScanFn,
+    image_result,
+    make_scan_options,
+    plugin_options,
+)
 from vmscan.report.layout import remove_run_dir
 from vmscan.state import RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, StateDB, utcnow
 
 log = logging.getLogger(__name__)
-
-ScanFn = Callable[..., ScanResult]
 
 
 class BusyError(VmscanError):
@@ -95,52 +96,6 @@ def run_lock(db_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
-    """Options handed to catalogers and checks (as ``vmscan scan`` builds them)."""
-    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
-    options: dict[str, Any] = {"av_scope": cfg.av_scope, "signatures_dir": str(sig_dir)}
-    if cfg.clamd:
-        options["clamd"] = cfg.clamd
-    if cfg.license_policy:
-        options["license_policy"] = cfg.license_policy
-    if "patch" in cfg.checks:
-        # Compile the advisory index once; workers open it read-only by this path.
-        with contextlib.suppress(ImportError, OSError, ValueError, VmscanError):
-            from vmscan.advisories import prepare
-
-            prepare(options)
-    return options
-
-
-def make_scan_options(cfg: NightlyConfig, checks: tuple[str, ...], jobs: int) -> Any:
-    """The scanner's ScanOptions for this config (only the fields it knows)."""
-    from vmscan.scanner import ScanOptions
-
-    plugin_options_ = plugin_options(cfg)
-    wanted: dict[str, Any] = {
-        "jobs": jobs,
-        "memsize": cfg.memsize,
-        "timeout": cfg.timeout,
-        "accel": cfg.accel,
-        "manifest": cfg.manifest,
-        "checks": checks,
-        "fail_on": cfg.fail_on,
-        "allow_backing": cfg.allow_backing,
-        "disk_format": cfg.disk_format,
-        "state_db": str(cfg.state_db),
-        "quiet": True,
-        "plugin_options": plugin_options_,
-    }
-    names = {f.name for f in dataclasses.fields(ScanOptions)}
-    return ScanOptions(**{k: v for k, v in wanted.items() if k in names})
-
-
-def _default_scan_fn() -> ScanFn:
-    from vmscan.scanner import scan_sources
-
-    return scan_sources
 
 
 @contextlib.contextmanager
@@ -258,39 +213,17 @@ def _execute(
         ident: dict[str, Any] | None = None,
         offline: bool = False,
     ) -> None:
-        meta = None
-        scan_key = ""
-        if ident is not None:
-            # The digests this result depends on follow from its OS types (the plan of the
-            # next night reads them back from here).
-            os_types = sorted(
-                {str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)}
-            )
-            meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
-            scan_key = scan_key_for(item.base_key, digests, os_types)
-        old_state = (result.get("sections") or {}).get("state") or {}
-        scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
-            "finished_at", ""
-        )
-        state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
-        if item.action == "partial":
-            state["rescanned_checks"] = sorted(
-                {*offline_done.get(item.source.path, ()), *item.checks}
-            )
-            if item.source.path in offline_done and not offline:
-                state["offline_checks"] = list(offline_done[item.source.path])
-            state["rechecked_at"] = utcnow()
-            # Offline: re-run on the stored inventory, the image was not opened.
-            state["rechecked_offline"] = offline
-        result.setdefault("sections", {})["state"] = state
-        db.add_image_result(
+        store_image_result(
+            db,
             run_id,
-            item.source.path,
+            item,
             result,
-            identity=meta,
-            scan_key=scan_key,
-            carried_forward=carried,
-            origin_run_id=origin,
+            digests,
+            carried=carried,
+            origin=origin,
+            ident=ident,
+            offline=offline,
+            offline_checks=offline_done.get(item.source.path, ()),
         )
         done.add(item.source.path)
 
@@ -356,9 +289,9 @@ def _execute(
     to_scan = [
         it for it in items if it.action in ("scan", "partial") and it.source.path not in done
     ]
-    by_checks: dict[tuple[str, ...], list[PlanItem]] = {}
+    by_checks: dict[tuple[tuple[str, ...], str], list[PlanItem]] = {}
     for it in to_scan:
-        by_checks.setdefault(it.checks, []).append(it)
+        by_checks.setdefault((it.checks, it.av_scope), []).append(it)
 
     def _collect(wave: list[PlanItem], scanned: ScanResult) -> None:
         # A scan function that returns results without calling back is fine too.
@@ -375,12 +308,14 @@ def _execute(
         # One managed clamd for the whole night (started when the first wave needs it),
         # sized for cfg.jobs; each wave's options get its descriptor in memory.
         shared: dict[str, Any] | None = None
-        for checks, group in by_checks.items():
+        for (checks, av_scope), group in by_checks.items():
             for wave in waves(group, cfg.jobs, cfg.max_per_storage):
                 jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
                 if len({w.storage for w in wave}) > 1:
                     jobs = min(cfg.jobs, len(wave))
                 opts = make_scan_options(cfg, checks, jobs)
+                if av_scope:
+                    opts.plugin_options["av_scope"] = av_scope  # a bounded re-check
                 if manage_services and shared is None and "antivirus" in checks:
                     night_opts = make_scan_options(cfg, tuple(cfg.checks), cfg.jobs)
                     night.enter_context(_services(night_opts))
@@ -396,64 +331,64 @@ def _execute(
 _SHARED_SERVICE_KEYS = ("clamd", "clamd_descriptor", "clamd_error")
 
 
-def image_result(
-    cfg: NightlyConfig, item: PlanItem, img: ImageResult, base: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The result to store for one scanned planned image, and the identity to store with it.
-
-    ``base``: for a partial rescan, the stored result whose other checks are kept. The
-    identity is None when the result must not be carried forward (a check did not complete,
-    the image changed or vanished under the scan). Stores nothing.
-    """
-    result: dict[str, Any] = to_jsonable(img)
-    result["source"] = item.source.path
-    if item.action == "partial" and base is not None:
-        result = _merge_partial(base, result, item.checks)
-    finalize_image_dict(result)  # whatever the scan function: status follows plugins
-    ident = item.identity
-    try:
-        after = source_identity(item.source, fmt=cfg.disk_format, allow_backing=cfg.allow_backing)
-        if stat_parts(after) != stat_parts(item.identity or {}):
-            result.setdefault("errors", []).append(
-                "the image changed while it was scanned (size, times or inode of one of its "
-                "files differ): this result may be inconsistent; it is rescanned next run"
-            )
-            if result.get("status") == "ok":
-                result["status"] = "partial"
-            ident = None
-    except OSError as exc:
-        result.setdefault("errors", []).append(f"the image vanished during the scan: {exc}")
-        result["status"] = "error"
-        ident = None
-    if ident is not None and incomplete_plugins(result):
-        # A check that did not complete is retried next run: nothing is carried forward.
-        ident = None
-    return result, ident
-
-
-def scan_planned_image(
-    cfg: NightlyConfig,
+def store_image_result(
+    db: StateDB,
+    run_id: int,
     item: PlanItem,
+    result: dict[str, Any],
+    digests: dict[str, str],
     *,
-    scan_fn: ScanFn | None = None,
-    base: dict[str, Any] | None = None,
-    plugin_options_extra: dict[str, Any] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Scan one planned image (action "scan" or "partial") and return what to store.
-
-    The per-image unit of the night for other executors (a Dask worker): no database, no
-    storing. ``plugin_options_extra`` carries services the caller runs (a clamd address and
-    descriptor); ``base`` is the stored result a partial rescan merges into.
-    """
-    scan = scan_fn or _default_scan_fn()
-    opts = make_scan_options(cfg, item.checks, 1)
-    opts.plugin_options.update(plugin_options_extra or {})
-    got: list[ImageResult] = []
-    scanned = scan([item.source.path], opts, on_image_done=got.append)
-    img = got[0] if got else (scanned.images[0] if scanned.images else None)
-    if img is None:
-        return _error_result(item.source.path, "the scanner returned no result"), None
-    return image_result(cfg, item, img, base)
+    carried: bool = False,
+    origin: int | None = None,
+    ident: dict[str, Any] | None = None,
+    offline: bool = False,
+    offline_checks: tuple[str, ...] = (),
+) -> None:
+    """Store one image's result of run *run_id* (one transaction), with what the next
+    night's plan reads back: identity, base key, digests, OS types, the scan key (empty
+    when ``ident`` is None: never carried forward) and the antivirus "clean as of"."""
+    meta = None
+    scan_key = ""
+    if ident is not None:
+        # The digests this result depends on follow from its OS types (the plan of the
+        # next night reads them back from here).
+        os_types = sorted({str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)})
+        meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
+        scan_key = scan_key_for(item.base_key, digests, os_types)
+    av_full = _av_full_scan(db, item, result, carried=carried, offline=offline)
+    if meta is not None and av_full:
+        meta["av_full_scan"] = av_full
+    old_state = (result.get("sections") or {}).get("state") or {}
+    scanned_at = (old_state.get("scanned_at") if carried or offline else "") or result.get(
+        "finished_at", ""
+    )
+    state: dict[str, Any] = {"carried_forward": carried, "scanned_at": scanned_at}
+    if item.action == "partial":
+        state["rescanned_checks"] = sorted({*offline_checks, *item.checks})
+        if offline_checks and not offline:
+            state["offline_checks"] = list(offline_checks)
+        state["rechecked_at"] = utcnow()
+        # Offline: re-run on the stored inventory, the image was not opened.
+        state["rechecked_offline"] = offline
+    if av_full:
+        state["antivirus_as_of"] = av_full
+        if item.av_scope and not carried:
+            state["antivirus_as_of"] = {
+                **av_full,
+                "kinds_rechecked": item.av_scope.split(","),
+                "kinds_engine": _av_engine(result),
+                "kinds_date": result.get("finished_at", ""),
+            }
+    result.setdefault("sections", {})["state"] = state
+    db.add_image_result(
+        run_id,
+        item.source.path,
+        result,
+        identity=meta,
+        scan_key=scan_key,
+        carried_forward=carried,
+        origin_run_id=origin,
+    )
 
 
 def _finish(
@@ -533,6 +468,11 @@ def _finish(
             outcome.error = str(exc)
             outcome.exit_code = EXIT_IMAGE_ERROR
             log.error("run %d: %s", run_id, exc)
+    pruned = 0
+    if "antivirus" in cfg.checks:
+        pruned = prune_verdicts(db, doc, keep_days=max(cfg.av_recheck_days, 1.0))
+    if pruned:
+        log.info("antivirus: removed %d verdict(s) of older signature databases", pruned)
     expired = db.runs_to_expire(keep_runs=cfg.keep_runs, keep_days=cfg.keep_days)
     if expired:
         db.delete_runs(expired)
