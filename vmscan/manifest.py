@@ -26,6 +26,7 @@ from typing import Any
 
 from vmscan.model import FileEntry
 from vmscan.pathenc import encode_path, needs_escape
+from vmscan.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def build_manifest(
     mounts: list[tuple[str, str]],
     progress: Callable[[int], None] | None = None,
     prefix: str = "",
+    timings: Timings | None = None,
 ) -> tuple[list[FileEntry], list[str]]:
     """Manifest of everything mounted under ``/`` in the appliance.
 
@@ -150,10 +152,12 @@ def build_manifest(
     (unused for roots). Returns the entries and a list of problems (human-readable).
     """
     problems: list[str] = []
+    tm = timings or Timings()
     mounts = sorted(mounts, key=lambda m: len(m[0]), reverse=True)
     with tempfile.TemporaryDirectory(prefix="vmscan-man-") as tmp:
         listing = os.path.join(tmp, "find0")
-        g.find0("/", listing)
+        with tm.phase("walk"):
+            g.find0("/", listing)
         if os.path.getsize(listing) > MAX_LISTING_BYTES:
             problems.append("file listing larger than the limit; manifest truncated")
         with open(listing, "rb") as fh:
@@ -161,7 +165,8 @@ def build_manifest(
         sums_path = os.path.join(tmp, "sums")
         sums_ok = True
         try:
-            g.checksums_out("sha256", "/", sums_path)
+            with tm.phase("hash"):
+                g.checksums_out("sha256", "/", sums_path)
         except RuntimeError as e:
             # One unreadable file makes sha256sum fail and the daemon cancel the
             # transfer; keep what arrived and hash the rest one by one below.
@@ -199,7 +204,8 @@ def build_manifest(
             batch = bases[i : i + _STAT_BATCH]
             strs = [b.decode("utf-8") for b in batch]
             try:
-                stats = g.lstatnslist(dir_str, strs)
+                with tm.phase("walk"):
+                    stats = g.lstatnslist(dir_str, strs)
             except RuntimeError as e:
                 problems.append(f"{dir_str}: cannot stat entries: {e}")
                 continue
@@ -212,7 +218,8 @@ def build_manifest(
                 gpath = "/" + rel.decode("utf-8")
                 if digest is None:
                     try:
-                        digest = str(g.checksum("sha256", gpath))
+                        with tm.phase("hash"):
+                            digest = str(g.checksum("sha256", gpath))
                     except RuntimeError as e:
                         error = f"unreadable: {e}"
                         problems.append(f"{gpath}: {error}")
@@ -236,7 +243,9 @@ def build_manifest(
     for bad in sorted(bad_dirs):
         # Stream only the non-UTF-8 children of this directory (with their subtrees).
         keep_out = ["./" + _glob_escape(b.decode("utf-8")) for b in by_dir.get(bad, [])]
-        for rel_in_dir, ti, digest in _tar_out_entries(g, bad, keep_out):
+        with tm.phase("hash"):
+            streamed = _tar_out_entries(g, bad, keep_out)
+        for rel_in_dir, ti, digest in streamed:
             if not ti.isreg():
                 continue
             rel = bad + b"/" + rel_in_dir if bad else rel_in_dir

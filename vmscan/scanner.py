@@ -39,6 +39,7 @@ from vmscan.model import (
 from vmscan.plugins import ScanContext
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
+from vmscan.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +185,14 @@ def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
     """
     from vmscan.registry import catalogers_for, checks_for
 
+    tm = _timings_of(ctx.image)
     for cat in catalogers_for(opts.checks):
         ctx.notes = []
         try:
-            if not cat.applies(fs, ctx.root.os):
-                continue
-            ctx.root.packages.extend(cat.catalog(fs, ctx))
+            with tm.plugin(cat.NAME):
+                if not cat.applies(fs, ctx.root.os):
+                    continue
+                ctx.root.packages.extend(cat.catalog(fs, ctx))
             ctx.root.plugins.append(plugin_status(cat.NAME, ctx.notes))
         except Exception as e:  # one plugin never aborts the image
             log.debug("cataloger %s failed", cat.NAME, exc_info=True)
@@ -197,7 +200,8 @@ def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions) -> None:
     for check in checks_for(opts.checks):
         ctx.notes = []
         try:
-            ctx.root.findings.extend(check.run(fs, ctx))
+            with tm.plugin(check.NAME):
+                ctx.root.findings.extend(check.run(fs, ctx))
             ctx.root.plugins.append(plugin_status(check.NAME, ctx.notes))
         except Exception as e:
             log.debug("check %s failed", check.NAME, exc_info=True)
@@ -214,7 +218,9 @@ def _scan_mounted(
     fs_by_dev: dict[str, Filesystem],
 ) -> None:
     g = sess.g
-    entries, problems = build_manifest(g, mounts, progress=_file_progress)
+    tm = _timings_of(result)
+    tm.start_root(root.device)
+    entries, problems = build_manifest(g, mounts, progress=_file_progress, timings=tm)
     for p in problems[:50]:
         result.errors.append(p)
     if len(problems) > 50:
@@ -243,18 +249,31 @@ def _scan_mounted(
     )
     ctx.options.setdefault("state_db", opts.state_db)
     _run_plugins(LibguestfsFS(g), ctx, opts)
+    tm.end_root()
+
+
+def _timings_of(image: ImageResult | None) -> Timings:
+    """The image's phase clock: kept in its sections while it is scanned (see scan_image)."""
+    tm = image.sections.get("timings") if image is not None else None
+    return tm if isinstance(tm, Timings) else Timings()
 
 
 def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     """Scan one source (image or libvirt domain) in this process. Never raises."""
     t0 = time.monotonic()
     result = ImageResult(source=label, started_at=now_iso())
+    # Replaced by its dict below, before the result leaves this function.
+    tm = Timings()
+    result.sections["timings"] = tm
     # Host-side vetting (qemu-img included) spends the same per-image budget.
     budget = Budget(opts.timeout)
     try:
-        src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
+        with tm.phase("vet"):
+            src = resolve_source(label, opts.disk_format, opts.allow_backing, budget)
         result.disks = list(src.disks)
+        t_launch = time.monotonic()
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
+            tm.add("launch", time.monotonic() - t_launch)
             _appliance_started(sess.g)
             _scan_session(sess, result, opts)
         # A check that could not run never leaves the image "ok".
@@ -268,6 +287,7 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         result.errors.append(f"internal error: {type(e).__name__}: {e}")
         result.sections["traceback"] = traceback.format_exc(limit=5)
     result.errors[:] = [bound(e) for e in result.errors]
+    result.sections["timings"] = tm.to_dict()
     result.finished_at = now_iso()
     result.duration_s = round(time.monotonic() - t0, 3)
     return result
@@ -275,7 +295,9 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
 
 def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) -> None:
     g = sess.g
-    facts = _image_facts(g)
+    tm = _timings_of(result)
+    with tm.phase("image_facts"):
+        facts = _image_facts(g)
     fs_by_dev: dict[str, Filesystem] = {}
     for f in facts["filesystems"]:
         fs_by_dev[f["device"]] = Filesystem(
@@ -284,7 +306,8 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
     result.filesystems = list(fs_by_dev.values())
     result.sections["image_facts"] = facts
     try:
-        roots = list(g.inspect_os())
+        with tm.phase("inspect"):
+            roots = list(g.inspect_os())
     except RuntimeError as e:
         result.errors.append(f"inspection failed: {e}")
         roots = []
