@@ -27,7 +27,7 @@ from vmscan.completeness import bound, finalize_image, plugin_status
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
-from vmscan.manifest import build_manifest
+from vmscan.manifest import build_manifest, hash_pending
 from vmscan.model import (
     Filesystem,
     ImageResult,
@@ -39,6 +39,7 @@ from vmscan.model import (
 from vmscan.plugins import ScanContext
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
+from vmscan.stream import TarStream
 from vmscan.timings import Timings
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,15 @@ def _scan_mounted(
     g = sess.g
     tm = _timings_of(result)
     tm.start_root(root.device)
-    entries, problems = build_manifest(g, mounts, progress=_file_progress, timings=tm)
+    # With the antivirus check, files are hashed on the host in its content stream (one
+    # transfer of each file); hash_pending below takes what it did not.
+    entries, problems = build_manifest(
+        g,
+        mounts,
+        progress=_file_progress,
+        timings=tm,
+        hash_files="antivirus" not in opts.checks,
+    )
     for p in problems[:50]:
         result.errors.append(p)
     if len(problems) > 50:
@@ -249,6 +258,8 @@ def _scan_mounted(
     )
     ctx.options.setdefault("state_db", opts.state_db)
     _run_plugins(LibguestfsFS(g), ctx, opts)
+    for p in hash_pending(g, entries, tm)[:50]:
+        result.errors.append(p)
     tm.end_root()
 
 
@@ -265,6 +276,7 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     # Replaced by its dict below, before the result leaves this function.
     tm = Timings()
     result.sections["timings"] = tm
+    streamed_before = TarStream.received
     # Host-side vetting (qemu-img included) spends the same per-image budget.
     budget = Budget(opts.timeout)
     try:
@@ -287,6 +299,7 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         result.errors.append(f"internal error: {type(e).__name__}: {e}")
         result.sections["traceback"] = traceback.format_exc(limit=5)
     result.errors[:] = [bound(e) for e in result.errors]
+    tm.count("streamed", TarStream.received - streamed_before)
     result.sections["timings"] = tm.to_dict()
     result.finished_at = now_iso()
     result.duration_s = round(time.monotonic() - t0, 3)

@@ -22,6 +22,9 @@ class Timings:
         self.phases: dict[str, float] = {}
         self.plugins: dict[str, float] = {}
         self.roots: list[dict[str, Any]] = []
+        #: Byte counters (``streamed``: tar stream bytes that reached the host;
+        #: ``hashed_in_appliance``: file bytes hashed by sha256sum in the appliance).
+        self.bytes: dict[str, int] = {}
         self._root: dict[str, Any] | None = None
 
     def add(self, phase: str, seconds: float) -> None:
@@ -30,6 +33,10 @@ class Timings:
         if self._root is not None:
             ph = self._root["phases"]
             ph[phase] = ph.get(phase, 0.0) + seconds
+
+    def count(self, what: str, n: int) -> None:
+        """Add *n* bytes to the counter *what*."""
+        self.bytes[what] = self.bytes.get(what, 0) + n
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -71,6 +78,7 @@ class Timings:
             "total_s": round(time.monotonic() - self._t0, 3),
             "phases": rounded(self.phases),
             "plugins": rounded(self.plugins),
+            "bytes": dict(self.bytes),
             "roots": [
                 {
                     "device": r["device"],
