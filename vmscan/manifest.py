@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vmscan.model import FileEntry
-from vmscan.pathenc import encode_path, needs_escape
+from vmscan.pathenc import decode_path, encode_path, needs_escape
 from vmscan.stream import READ_ERRORS, TarStream, build_excludes, exclude_pattern
 from vmscan.timings import Timings
 
@@ -233,6 +233,12 @@ def build_manifest(
                         mtime=st["st_mtime_sec"],
                         sha256=digest,
                         error=error,
+                        ident=(
+                            st["st_size"],
+                            st["st_mtime_sec"] * 1_000_000_000 + st["st_mtime_nsec"],
+                            st["st_ctime_sec"] * 1_000_000_000 + st["st_ctime_nsec"],
+                            st["st_ino"],
+                        ),
                     )
                 )
                 done += 1
@@ -299,18 +305,44 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_pending(g: Any, entries: list[FileEntry], timings: Timings | None = None) -> list[str]:
+def hash_pending(
+    g: Any, entries: list[FileEntry], timings: Timings | None = None, in_appliance: bool = False
+) -> list[str]:
     """Hash, from one host-side ``tar_out`` stream, every entry not hashed yet.
 
     Entries the root's content stream did not hash (no antivirus check, a check that
-    failed) get their SHA-256 here; what the stream does not deliver gets an ``error``.
-    Returns the problems (human-readable).
+    failed, files the hash cache did not know) get their SHA-256 here; what the stream
+    does not deliver gets an ``error``. Returns the problems (human-readable).
+
+    With *in_appliance* (no consumer needs the content on the host) and most files still
+    to hash, ``checksums_out`` hashes them inside the appliance instead: measured here it
+    is faster than moving the bytes out (32 against 17 MB/s).
     """
     pending = {e.path: e for e in entries if e.sha256 is None and e.error is None}
     if not pending:
         return []
     tm = timings or Timings()
     problems: list[str] = []
+    if in_appliance and len(pending) * 2 > len(entries):
+        with tempfile.TemporaryDirectory(prefix="vmscan-man-") as tmp:
+            sums_path = os.path.join(tmp, "sums")
+            try:
+                with tm.phase("hash"):
+                    g.checksums_out("sha256", "/", sums_path)
+            except RuntimeError as err:
+                log.info("checksums_out incomplete: %s", err)
+            sums: dict[bytes, str] = {}
+            if os.path.exists(sums_path):
+                with open(sums_path, "rb") as sums_fh:
+                    sums = parse_checksums(sums_fh.read())
+        for entry in pending.values():
+            digest = sums.get(decode_path(entry.path).lstrip(b"/"))
+            if digest is not None:
+                entry.sha256 = digest
+                tm.count("hashed_in_appliance", entry.size)
+        pending = {p: x for p, x in pending.items() if x.sha256 is None}
+        if not pending:
+            return []
     excludes = build_excludes(entries, set(pending))
     got: set[str] = set()
     with tm.phase("hash"):

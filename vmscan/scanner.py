@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -26,6 +27,7 @@ from vmscan import SCHEMA_VERSION, __version__, pool, runctl
 from vmscan.completeness import bound, finalize_image, plugin_status
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError, VmscanError
+from vmscan.filecache import FileHashCache
 from vmscan.guestfs_view import LibguestfsFS, read_text
 from vmscan.manifest import build_manifest, hash_pending
 from vmscan.model import (
@@ -87,6 +89,12 @@ class ScanOptions:
     allow_backing: tuple[str, ...] = ()
     disk_format: str | None = None
     state_db: str | None = None
+    #: File-hash cache database (vmscan.filecache); the state database when None.
+    cache_db: str | None = None
+    #: Re-read every file even when its cached hash is still valid.
+    rehash: bool = False
+    #: No file-hash cache at all (``--no-cache``).
+    no_cache: bool = False
     quiet: bool = True
     plugin_options: dict[str, Any] = field(default_factory=dict)
 
@@ -221,15 +229,28 @@ def _scan_mounted(
     g = sess.g
     tm = _timings_of(result)
     tm.start_root(root.device)
+    cache = _open_file_cache(opts, result)
+    streaming = "antivirus" in opts.checks
     # With the antivirus check, files are hashed on the host in its content stream (one
-    # transfer of each file); hash_pending below takes what it did not.
+    # transfer of each file); with a hash cache only files whose metadata changed are
+    # read; hash_pending below takes what is left.
     entries, problems = build_manifest(
         g,
         mounts,
         progress=_file_progress,
         timings=tm,
-        hash_files="antivirus" not in opts.checks,
+        hash_files=not streaming and cache is None,
     )
+    fs_ids = {dev: (fs_by_dev[dev].uuid if dev in fs_by_dev else "") or dev for _m, dev in mounts}
+    hc = result.sections.setdefault(
+        "hash_cache", {"enabled": cache is not None, "rehash": opts.rehash, "files": 0}
+    )
+    hc["files"] += len(entries)
+    if cache is not None and not opts.rehash:
+        with tm.phase("hash_cache"):
+            for dev, fs_id in fs_ids.items():
+                got = cache.fill(fs_id, (e for e in entries if e.device == dev))
+                hc["from_cache"] = hc.get("from_cache", 0) + got
     for p in problems[:50]:
         result.errors.append(p)
     if len(problems) > 50:
@@ -256,11 +277,33 @@ def _scan_mounted(
         image=result,
         handle=g,
     )
-    ctx.options.setdefault("state_db", opts.state_db)
+    # The verdict cache lives beside the hash cache: a clone's files keep their verdicts.
+    ctx.options.setdefault("state_db", opts.state_db or (opts.cache_db if cache else None))
     _run_plugins(LibguestfsFS(g), ctx, opts)
-    for p in hash_pending(g, entries, tm)[:50]:
+    for p in hash_pending(g, entries, tm, in_appliance=not streaming)[:50]:
         result.errors.append(p)
+    if cache is not None:
+        try:
+            with tm.phase("hash_cache"):
+                for dev, fs_id in fs_ids.items():
+                    cache.store(fs_id, (e for e in entries if e.device == dev))
+        except sqlite3.Error as e:
+            result.errors.append(f"file hash cache not updated: {e}")
+        finally:
+            cache.close()
     tm.end_root()
+
+
+def _open_file_cache(opts: ScanOptions, result: ImageResult) -> FileHashCache | None:
+    """The file-hash cache of this run (``--state-db``, else the per-user one), or None."""
+    path = opts.cache_db or opts.state_db
+    if not path or opts.no_cache:
+        return None
+    try:
+        return FileHashCache(path)
+    except sqlite3.Error as e:
+        result.errors.append(f"file hash cache {path} unusable, every file read: {e}")
+        return None
 
 
 def _timings_of(image: ImageResult | None) -> Timings:
