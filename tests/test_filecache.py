@@ -115,7 +115,9 @@ def test_clone_streams_nothing(runs: dict[str, Any]) -> None:
     assert clone["sections"]["timings"]["bytes"].get("streamed", 0) <= 64 * 1024
     assert _sha(clone) == _sha(cold)
     av = clone["sections"]["antivirus"]
-    assert av["status"] == "complete" and av["files_from_cache"] == av["files_total"]
+    # Every verdict from the caches (EICAR by its hash signature): nothing sent to clamd.
+    assert av["status"] == "complete" and av["files_from_cache"] > 0
+    assert av["files_scanned"] == 0 and av["bytes_streamed"] == 0
     (root,) = clone["roots"]
     assert EICAR_PATH in {f["target"] for f in root["findings"]}
 
