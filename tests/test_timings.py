@@ -44,7 +44,8 @@ def test_phases_add_up_per_image_and_per_root() -> None:
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     image = fixtures.build("debian-lvm", "qcow2")
     out = tmp_path_factory.mktemp("timings") / "r.json"
-    main(["scan", "-q", "--checks", "license,migration", "-o", str(out), str(image)])
+    args = ["scan", "-q", "--no-cache", "--checks", "license,migration", "-o", str(out)]
+    main([*args, str(image)])
     data: dict[str, Any] = json.loads(out.read_text())
     return data
 
