@@ -46,6 +46,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/bench_jobs.py
 	$(PY) benchmarks/bench_nightly.py
+	$(PY) benchmarks/bench_datapath.py
 
 clean:
 	rm -rf $(VENV) .cache

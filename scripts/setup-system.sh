@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(
   libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils python3-venv
-  clamav-daemon clamav debootstrap rpm libhivex-bin python3-hivex sqlite3 xz-utils
+  clamav-daemon clamav clamdscan debootstrap rpm libhivex-bin python3-hivex sqlite3 xz-utils
   chromium gdisk cryptsetup-bin libvirt-daemon-system libvirt-clients python3-libvirt
 )
 missing=()

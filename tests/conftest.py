@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 # KVM is broken on our build and CI machines (qemu aborts on MSR 0x10a).
 os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
 os.environ.setdefault("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+
+# `vmscan scan` keeps a per-user cache by default: never the user's own in tests.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="vmscan-test-cache-")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

@@ -45,7 +45,9 @@ def formats_run(
     images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("fmt") / "r.json"
-    rc, data = _scan(["--manifest", "--checks", "none", "-j", "2", *map(str, images.values())], out)
+    rc, data = _scan(
+        ["--manifest", "--no-cache", "--checks", "none", "-j", "2", *map(str, images.values())], out
+    )
     return {"rc": rc, "images": dict(zip(FORMATS, data["images"], strict=True))}
 
 

@@ -32,6 +32,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "scan",
             "-q",
             "--manifest",
+            "--no-cache",
             "--checks",
             "none",
             "-j",

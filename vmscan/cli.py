@@ -23,6 +23,7 @@ from typing import IO, Any, NoReturn
 from vmscan import SCHEMA_VERSION, __version__, runctl
 from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
+from vmscan.filecache import open_default_cache_db
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
 from vmscan.report.formats import ReportFormat, choose_format
 from vmscan.report.table import write_table
@@ -138,6 +139,14 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--av-scope", default="all", help="all, or executables,documents,archives")
     p.add_argument("--state-db", default=None, help="SQLite state database (caches, history)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="no file-hash cache (by default: the --state-db, else a per-user cache database)",
+    )
+    p.add_argument(
+        "--rehash", action="store_true", help="re-read every file, even with a valid cached hash"
+    )
     p.add_argument("--policy", default=None, help="licence policy file (TOML)")
     p.add_argument(
         "--advisory-max-age",
@@ -287,6 +296,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         allow_backing=tuple(args.allow_backing),
         disk_format=args.disk_format,
         state_db=args.state_db,
+        cache_db=None if args.no_cache or args.state_db else open_default_cache_db(),
+        no_cache=args.no_cache,
+        rehash=args.rehash,
         quiet=args.quiet,
         plugin_options=plugin_options,
         libvirt_uri=args.connect,

@@ -113,8 +113,13 @@ class FileEntry:
     uid: int
     gid: int
     mtime: int
-    sha256: str | None  # None: could not be read (see ``error``)
+    sha256: str | None  # None: could not be read (see ``error``), or not hashed yet
     error: str | None = None
+    #: (size, mtime ns, ctime ns, inode) from the walk, the key of vmscan.filecache; not
+    #: in the report.
+    ident: tuple[int, int, int, int] | None = field(
+        default=None, compare=False, repr=False, metadata={"report": False}
+    )
 
 
 @dataclass
@@ -223,7 +228,11 @@ class ScanResult:
 def to_jsonable(obj: Any) -> Any:
     """Turn result dataclasses into plain JSON types (enums to their values)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_jsonable(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.metadata.get("report", True)
+        }
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, dict):

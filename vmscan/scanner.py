@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -26,8 +27,9 @@ from vmscan import SCHEMA_VERSION, __version__, inspect, pool, runctl
 from vmscan.completeness import PluginState, bound, finalize_image, plugin_status, skipped
 from vmscan.disk import resolve_source
 from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
+from vmscan.filecache import FileHashCache
 from vmscan.guestfs_view import LibguestfsFS, read_text
-from vmscan.manifest import build_manifest
+from vmscan.manifest import build_manifest, hash_pending
 from vmscan.model import (
     DiskRef,
     Filesystem,
@@ -43,6 +45,8 @@ from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
 from vmscan.source.domain import DEFAULT_URI, is_domain_source, open_domain
 from vmscan.source.points import open_views
+from vmscan.stream import TarStream
+from vmscan.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,12 @@ class ScanOptions:
     allow_backing: tuple[str, ...] = ()
     disk_format: str | None = None
     state_db: str | None = None
+    #: File-hash cache database (vmscan.filecache); the state database when None.
+    cache_db: str | None = None
+    #: Re-read every file even when its cached hash is still valid.
+    rehash: bool = False
+    #: No file-hash cache at all (``--no-cache``).
+    no_cache: bool = False
     quiet: bool = True
     plugin_options: dict[str, Any] = field(default_factory=dict)
     libvirt_uri: str = DEFAULT_URI  # for libvirt:NAME sources
@@ -127,6 +137,7 @@ def _run_plugins(
     """
     from vmscan.registry import all_checks, catalogers_for
 
+    tm = _timings_of(ctx.image)
     # Each runner returns False when its plugin does not apply (then it is skipped).
     plugins: list[tuple[str, str, Callable[[], bool]]] = []
     for cat in catalogers_for(opts.checks):
@@ -161,7 +172,8 @@ def _run_plugins(
         error: Exception | None = None
         ran = True
         try:
-            ran = run()
+            with tm.plugin(name):
+                ran = run()
         except Exception as e:  # one plugin never aborts the image
             log.debug("plugin %s failed", name, exc_info=True)
             error = e
@@ -198,7 +210,30 @@ def _scan_mounted(
 ) -> None:
     g = sess.h
     assert g is not None
-    entries, problems = build_manifest(g, mounts, progress=_file_progress)
+    tm = _timings_of(result)
+    tm.start_root(root.device)
+    cache = _open_file_cache(opts, result)
+    streaming = "antivirus" in opts.checks
+    # With the antivirus check, files are hashed on the host in its content stream (one
+    # transfer of each file); with a hash cache only files whose metadata changed are
+    # read; hash_pending below takes what is left.
+    entries, problems = build_manifest(
+        g,
+        mounts,
+        progress=_file_progress,
+        timings=tm,
+        hash_files=not streaming and cache is None,
+    )
+    fs_ids = {dev: (fs_by_dev[dev].uuid if dev in fs_by_dev else "") or dev for _m, dev in mounts}
+    hc = result.sections.setdefault(
+        "hash_cache", {"enabled": cache is not None, "rehash": opts.rehash, "files": 0}
+    )
+    hc["files"] += len(entries)
+    if cache is not None and not opts.rehash:
+        with tm.phase("hash_cache"):
+            for dev, fs_id in fs_ids.items():
+                got = cache.fill(fs_id, (e for e in entries if e.device == dev))
+                hc["from_cache"] = hc.get("from_cache", 0) + got
     for p in problems[:50]:
         result.errors.append(p)
     if len(problems) > 50:
@@ -225,8 +260,39 @@ def _scan_mounted(
         image=result,
         handle=g,
     )
-    ctx.options.setdefault("state_db", opts.state_db)
+    # The verdict cache lives beside the hash cache: a clone's files keep their verdicts.
+    ctx.options.setdefault("state_db", opts.state_db or (opts.cache_db if cache else None))
     _run_plugins(LibguestfsFS(g), ctx, opts, sess.alive)
+    for p in hash_pending(g, entries, tm, in_appliance=not streaming)[:50]:
+        result.errors.append(p)
+    if cache is not None:
+        try:
+            with tm.phase("hash_cache"):
+                for dev, fs_id in fs_ids.items():
+                    cache.store(fs_id, (e for e in entries if e.device == dev))
+        except sqlite3.Error as e:
+            result.errors.append(f"file hash cache not updated: {e}")
+        finally:
+            cache.close()
+    tm.end_root()
+
+
+def _open_file_cache(opts: ScanOptions, result: ImageResult) -> FileHashCache | None:
+    """The file-hash cache of this run (``--state-db``, else the per-user one), or None."""
+    path = opts.cache_db or opts.state_db
+    if not path or opts.no_cache:
+        return None
+    try:
+        return FileHashCache(path)
+    except sqlite3.Error as e:
+        result.errors.append(f"file hash cache {path} unusable, every file read: {e}")
+        return None
+
+
+def _timings_of(image: ImageResult | None) -> Timings:
+    """The image's phase clock: kept in its sections while it is scanned (see scan_image)."""
+    tm = image.sections.get("timings") if image is not None else None
+    return tm if isinstance(tm, Timings) else Timings()
 
 
 @contextlib.contextmanager
@@ -249,12 +315,18 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     """Scan one source (image or libvirt domain) in this process. Never raises."""
     t0 = time.monotonic()
     result = ImageResult(source=label, started_at=now_iso())
+    # Replaced by its dict below, before the result leaves this function.
+    tm = Timings()
+    result.sections["timings"] = tm
+    streamed_before = TarStream.received
     # Host-side vetting (qemu-img included) spends the same per-image budget.
     budget = Budget(opts.timeout)
     try:
-        with _open_source(label, opts, budget) as (shown, disks):
+        with tm.phase("vet"), _open_source(label, opts, budget) as (shown, disks):
             result.disks = list(shown)
+            t_launch = time.monotonic()
             with GuestSession(disks, opts.memsize, opts.accel) as sess:
+                tm.add("launch", time.monotonic() - t_launch)
                 _appliance_started(sess.h)
                 try:
                     _scan_session(sess, result, opts, budget)
@@ -274,6 +346,8 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         result.errors.append(f"internal error: {type(e).__name__}: {e}")
         result.sections["traceback"] = traceback.format_exc(limit=5)
     result.errors[:] = [bound(e) for e in result.errors]
+    tm.count("streamed", TarStream.received - streamed_before)
+    result.sections["timings"] = tm.to_dict()
     result.finished_at = now_iso()
     result.duration_s = round(time.monotonic() - t0, 3)
     return result
@@ -285,7 +359,9 @@ def _scan_session(
     # Bounded facts and inspection (vmscan.inspect): hostile partition tables and trees
     # cost seconds, and what was not looked at is said.
     assert sess.h is not None
-    facts = inspect.image_facts(sess.h)
+    tm = _timings_of(result)
+    with tm.phase("image_facts"):
+        facts = inspect.image_facts(sess.h)
     fs_by_dev: dict[str, Filesystem] = {}
     for f in facts["filesystems"]:
         fs_by_dev[f["device"]] = Filesystem(
@@ -294,7 +370,8 @@ def _scan_session(
     result.filesystems = list(fs_by_dev.values())
     result.sections["image_facts"] = facts
     remaining = (budget or Budget(opts.timeout)).remaining
-    found, inspect_errors, partial = inspect.find_roots(sess, facts, remaining)
+    with tm.phase("inspect"):
+        found, inspect_errors, partial = inspect.find_roots(sess, facts, remaining)
     g = sess.h  # a new handle when inspection ran out of time and the appliance was relaunched
     probe_errors = inspect.probe_messages(facts)
     result.errors.extend(inspect_errors + probe_errors)

@@ -16,18 +16,14 @@ out-of-scope files inside the appliance. Files too large for clamd are sniffed w
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import io
 import logging
-import os
 import sqlite3
 import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -44,20 +40,19 @@ from vmscan.av.clamd_client import (
 )
 from vmscan.av.clamd_manager import ClamdLimits
 from vmscan.av.magic import HEAD_SIZE, classify, in_scope
-from vmscan.av.paths import decode_path, encode_path, tar_exclude_pattern
+from vmscan.av.paths import decode_path, encode_path
 from vmscan.av.signatures import HashSignature, match_hash, normalize_name
 from vmscan.errors import GuestError, GuestReadError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import FileEntry
 from vmscan.pe import MAX_PE_SIZE, PEInfo, is_pe, pe_info
+from vmscan.stream import TarStream, build_excludes
 
 log = logging.getLogger(__name__)
 
 #: Members up to this size are read whole into memory and scanned from a worker thread;
 #: larger ones are streamed piece by piece while they are read.
 BUFFER_MAX = 16 * 1024 * 1024
-#: The libguestfs protocol caps one message at 4 MB: the exclude list must stay below.
-EXCLUDES_BUDGET = 2_500_000
 #: After the tar pass, at most this many missing files are fetched one by one.
 FALLBACK_MAX = 500
 KIND_PE = "pe"
@@ -109,11 +104,19 @@ class RootAvResult:
 
 @dataclass
 class _Pending:
-    """A content that must be streamed: its representative entry and all its entries."""
+    """A content that must be streamed: its representative entry and all its entries.
+
+    ``sha256`` is empty for a file the manifest has not hashed yet: the stream hashes it
+    on the host (and fills the manifest entry) before it is looked up and scanned.
+    """
 
     sha256: str
     entry: FileEntry
     entries: list[FileEntry]
+
+    @property
+    def key(self) -> str:
+        return self.sha256 or "path:" + self.entry.path
 
 
 class ClamdLink:
@@ -192,52 +195,6 @@ def severity_of(signature: str) -> str:
     return "critical"
 
 
-def _raw(path: str) -> bytes:
-    return decode_path(path)
-
-
-def build_excludes(
-    all_entries: Iterable[FileEntry], keep: set[str], budget: int = EXCLUDES_BUDGET
-) -> list[str]:
-    """tar exclude patterns for every file not in *keep* (paths), whole folders when possible.
-
-    Largest files are excluded first when the list would not fit in one libguestfs message;
-    the rest are skipped on the host.
-    """
-    # Folder -> does it hold a kept file somewhere below?
-    keep_dirs: set[bytes] = set()
-    for p in keep:
-        raw = _raw(p)
-        while True:
-            raw = raw.rsplit(b"/", 1)[0]
-            if not raw or raw in keep_dirs:
-                break
-            keep_dirs.add(raw)
-    cands: dict[bytes, int] = {}
-    for e in all_entries:
-        if e.path in keep:
-            continue
-        raw = _raw(e.path)
-        # Climb to the highest folder with nothing kept below it.
-        top = raw
-        parent = raw.rsplit(b"/", 1)[0]
-        while parent and parent not in keep_dirs:
-            top = parent
-            parent = parent.rsplit(b"/", 1)[0]
-        cands[top] = cands.get(top, 0) + max(e.size, 1)
-    out: list[str] = []
-    used = 0
-    for top, _size in sorted(cands.items(), key=lambda kv: (-kv[1], kv[0])):
-        pat = tar_exclude_pattern(top.lstrip(b"/"))
-        if pat is None:
-            continue
-        if used + len(pat) + 16 > budget:
-            continue
-        used += len(pat) + 16
-        out.append(pat)
-    return sorted(out)
-
-
 #: What one guest read may raise: a name the libguestfs binding cannot pass (not UTF-8)
 #: raises UnicodeEncodeError, a ValueError; one bad file never stops the scan.
 _READ_ERRORS = (GuestReadError, ValueError, GuestError, OSError)
@@ -255,65 +212,6 @@ def _head(fs: GuestFS, path: str, size: int) -> bytes:
         return fs.read_head(path, size)
     except ValueError as e:
         raise GuestReadError(f"{path}: {e}") from e
-
-
-class _TarSource:
-    """``g.tar_out("/")`` into a FIFO, read on the host as a stream of members."""
-
-    def __init__(self, handle: Any, excludes: list[str]) -> None:
-        self.handle = handle
-        self.excludes = excludes
-        self.error: str | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="vmscan-av-")
-        self.fifo = os.path.join(self._tmp.name, "tar.fifo")
-        os.mkfifo(self.fifo, 0o600)
-        self._reader_done = threading.Event()
-        self._thread = threading.Thread(target=self._produce, name="vmscan-tar-out", daemon=True)
-        self._fh: IO[bytes] | None = None
-
-    def _produce(self) -> None:
-        try:
-            self.handle.tar_out("/", self.fifo, excludes=self.excludes or None, numericowner=True)
-        except GuestError as e:
-            self.error = str(e)
-        finally:
-            # Wake a reader that is still waiting in open() (tar_out failed early).
-            while not self._reader_done.is_set():
-                try:
-                    fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-                except OSError as e:
-                    if e.errno != errno.ENXIO:
-                        break
-                    time.sleep(0.05)
-                    continue
-                os.close(fd)
-                break
-
-    def members(self) -> Iterator[tuple[bytes, tarfile.TarInfo, tarfile.TarFile]]:
-        self._thread.start()
-        self._fh = open(self.fifo, "rb", buffering=1024 * 1024)  # noqa: SIM115
-        try:
-            tf = tarfile.open(  # noqa: SIM115 - closed with the FIFO in close()
-                fileobj=self._fh, mode="r|", encoding="utf-8", errors="surrogateescape"
-            )
-            for m in tf:
-                name = m.name.encode("utf-8", "surrogateescape")
-                if name.startswith(b"./"):
-                    name = name[2:]
-                yield b"/" + name.lstrip(b"/"), m, tf
-        except (tarfile.TarError, EOFError, OSError) as e:
-            self.error = self.error or f"reading the tar stream: {e}"
-
-    def close(self, cancel: bool) -> None:
-        if cancel:
-            with contextlib.suppress(Exception):
-                self.handle.user_cancel()
-        if self._fh is not None:
-            self._fh.close()
-        self._reader_done.set()
-        if self._thread.is_alive():
-            self._thread.join(600)
-        self._tmp.cleanup()
 
 
 class RootScanner:
@@ -349,13 +247,20 @@ class RootScanner:
         self._retry: list[_Pending] = []
         self._sniffed: set[str] = set()
         self._pe_known: set[str] = set()
+        #: Outcome per content hashed in the stream: a duplicate is not scanned twice.
+        self._known: dict[str, Outcome] = {}
 
     # ---- planning ------------------------------------------------------------------------
 
     def scan(self, fs: GuestFS, handle: Any, manifest: list[FileEntry]) -> RootAvResult:
         res = RootAvResult(files_total=len(manifest))
         by_sha: dict[str, list[FileEntry]] = {}
+        unhashed: list[_Pending] = []
         for e in manifest:
+            if e.sha256 is None and e.error is None:
+                # Not hashed yet: the one content stream hashes it on the host.
+                unhashed.append(_Pending("", e, [e]))
+                continue
             if e.sha256 is None:
                 res.outcomes[e.path] = (
                     e,
@@ -413,13 +318,14 @@ class RootScanner:
             pending[sha] = _Pending(sha, first, entries)
         pe_known = self._pe_from_cache(res, by_sha, kinds_known)
         self._pe_known = pe_known
-        if pending:
+        todo = {p.key: p for p in [*pending.values(), *unhashed]}
+        if todo:
             t0 = time.monotonic()
             if handle is not None:
-                self._scan_tar(fs, handle, manifest, pending, res)
+                self._scan_tar(fs, handle, manifest, todo, res)
             else:
                 res.method = "read_bytes"
-                self._scan_each(fs, list(pending.values()), pending, res)
+                self._scan_each(fs, list(todo.values()), todo, res)
             res.stream_seconds = time.monotonic() - t0
         if self.collect_pe:
             self._pe_extra(fs, res, by_sha, kinds_known, pe_known)
@@ -557,7 +463,7 @@ class RootScanner:
         keep = {p.entry.path for p in pending.values()}
         by_path = {p.entry.path: p for p in pending.values()}
         excludes = build_excludes(manifest, keep)
-        src = _TarSource(handle, excludes)
+        src = TarStream(handle, excludes)
         done: set[str] = set()
         finished = False
         pool = ThreadPoolExecutor(self.streams, thread_name_prefix="vmscan-clamd")
@@ -569,9 +475,9 @@ class RootScanner:
                 if self.link.dead or len(done) == len(pending):
                     break
                 p = by_path.get(encode_path(raw))
-                if p is None or p.sha256 in done or not member.isreg():
+                if p is None or p.key in done or not member.isreg():
                     continue
-                done.add(p.sha256)
+                done.add(p.key)
                 fh = tf.extractfile(member)
                 if fh is None:
                     continue
@@ -648,6 +554,9 @@ class RootScanner:
         futures: list[Future[None]],
     ) -> None:
         """Read one content and get it scanned (buffered in a worker, or streamed here)."""
+        if not p.sha256:
+            self._feed_unhashed(res, p, size, fh, pool, slots, futures)
+            return
         try:
             head = fh.read(min(HEAD_SIZE, size)) if size else b""
         except (OSError, tarfile.TarError) as e:
@@ -701,7 +610,109 @@ class RootScanner:
             return
         self._scan_large(res, p, size, head, fh, want_pe, archive)
 
+    def _feed_unhashed(
+        self,
+        res: RootAvResult,
+        p: _Pending,
+        size: int,
+        fh: IO[bytes],
+        pool: ThreadPoolExecutor,
+        slots: threading.BoundedSemaphore,
+        futures: list[Future[None]],
+    ) -> None:
+        """A file the manifest has not hashed: hash it here, then treat it like the others.
+
+        Small ones are read whole, hashed, and looked up (hash signatures, a content
+        already seen in this stream, the verdict cache) before clamd sees them; large ones
+        are hashed while they stream to clamd; ones too large for clamd are only hashed.
+        """
+        if size <= BUFFER_MAX:
+            try:
+                data = fh.read(size) if size else b""
+            except (OSError, tarfile.TarError) as e:
+                self._unreadable(res, p, e)
+                return
+            self._hashed(p, hashlib.sha256(data).hexdigest())
+            if self._resolved(res, p):
+                return
+            self._feed(res, p, len(data), io.BytesIO(data), pool, slots, futures)
+            return
+        if size > self.largest:
+            h = hashlib.sha256()
+            try:
+                while chunk := fh.read(CHUNK * 4):
+                    h.update(chunk)
+            except (OSError, tarfile.TarError) as e:
+                self._unreadable(res, p, e)
+                return
+            self._hashed(p, h.hexdigest())
+            if not self._resolved(res, p):
+                self._set(
+                    res,
+                    p.entries,
+                    Outcome(
+                        "not_scanned",
+                        reason=Reason.TOO_LARGE,
+                        detail=f"{size} bytes is over clamd's {self.largest} byte limit",
+                    ),
+                )
+            return
+        try:
+            head = fh.read(min(HEAD_SIZE, size))
+        except (OSError, tarfile.TarError) as e:
+            self._unreadable(res, p, e)
+            return
+        kinds = classify(head) | ({KIND_PE} if is_pe(head) else frozenset())
+        want_pe = self.collect_pe and KIND_PE in kinds and size <= MAX_PE_SIZE
+        # Scope is decided after hashing (the hash must be known for the manifest): the
+        # content is read either way.
+        self._scan_large(res, p, size, head, fh, want_pe, "archives" in kinds, kinds)
+
+    def _hashed(self, p: _Pending, sha: str) -> None:
+        """The stream has hashed *p*: the manifest entry gets its SHA-256."""
+        p.sha256 = sha
+        for e in p.entries:
+            e.sha256 = sha
+
+    def _unreadable(self, res: RootAvResult, p: _Pending, e: BaseException) -> None:
+        detail = str(e)[:300]
+        for entry in p.entries:
+            entry.error = entry.error or f"unreadable: {detail}"
+        self._set(res, p.entries, Outcome("not_scanned", reason=Reason.UNREADABLE, detail=detail))
+
+    def _resolved(self, res: RootAvResult, p: _Pending) -> bool:
+        """A content just hashed that needs no scan: a hash signature, seen, or cached."""
+        sig = match_hash(self.hash_table, p.sha256, p.entry.size)
+        if sig is not None:
+            self._set(res, p.entries, Outcome("found", normalize_name(sig.name), source="hash"))
+            with self._lock:
+                res.files_hash_matched += len(p.entries)
+            return True
+        with self._lock:
+            seen = self._known.get(p.sha256)
+        if seen is not None:
+            self._set(res, p.entries, seen)
+            if seen.verdict != "not_scanned":
+                with self._lock:
+                    res.files_scanned += len(p.entries)
+            return True
+        cv = self.cache.lookup([p.sha256]).get(p.sha256) if self.cache else None
+        if cv is None:
+            return False
+        if cv.verdict == Reason.TOO_LARGE:
+            outcome = Outcome(
+                "not_scanned", reason=Reason.TOO_LARGE, detail=cv.signature, source="cache"
+            )
+        else:
+            outcome = Outcome(cv.verdict, cv.signature, source="cache")
+        self._set(res, p.entries, outcome)
+        with self._lock:
+            res.files_from_cache += len(p.entries)
+        return True
+
     def _verify_sha(self, res: RootAvResult, p: _Pending, got: str) -> None:
+        if not p.sha256:
+            return
         if got != p.sha256:
             res.notes.append(
                 f"{p.entry.path}: content streamed has SHA-256 {got}, manifest says {p.sha256}"
@@ -738,9 +749,14 @@ class RootScanner:
         fh: IO[bytes],
         want_pe: bool,
         archive: bool,
+        kinds: frozenset[str] | None = None,
     ) -> None:
         """Stream a big member while reading it; the read cannot be repeated, so a clamd
-        failure mid-stream leaves it not scanned (after a recovery for the next files)."""
+        failure mid-stream leaves it not scanned (after a recovery for the next files).
+
+        *kinds* is given for a file not hashed before (see :meth:`_feed_unhashed`): its
+        hash is known only at the end, and then decides like :meth:`_resolved`.
+        """
         h = hashlib.sha256(head)
         keep = want_pe or archive
         spool: IO[bytes] | None = tempfile.TemporaryFile() if keep else None  # noqa: SIM115
@@ -769,6 +785,25 @@ class RootScanner:
             reply = stream.finish()
             with self._lock:
                 res.bytes_read += read
+            if kinds is not None:
+                if read < size:
+                    raise OSError(f"stream ended after {read} of {size} bytes")
+                self._hashed(p, h.hexdigest())
+                with self._lock:
+                    self._kind_rows.append((p.sha256, kinds))
+                    self._sniffed.add(p.sha256)
+                if match_hash(self.hash_table, p.sha256, size) is not None or not in_scope(
+                    kinds, self.scope
+                ):
+                    with self._lock:
+                        res.files_streamed += 1
+                        res.bytes_streamed += stream.bytes_sent
+                    if self._resolved(res, p):
+                        return
+                    self._set(res, p.entries, Outcome("out_of_scope"))
+                    with self._lock:
+                        res.files_out_of_scope += len(p.entries)
+                    return
             self._verify_sha(res, p, h.hexdigest())
             if spool is not None:
                 reply = self._archive_guard(reply, archive, spool)
@@ -814,6 +849,7 @@ class RootScanner:
         self._set(res, p.entries, outcome)
         if outcome.verdict != "not_scanned":
             with self._lock:
+                self._known[p.sha256] = outcome
                 res.files_scanned += len(p.entries)
                 self._verdict_rows.append((p.sha256, outcome.verdict, outcome.signature))
         elif outcome.reason == Reason.TOO_LARGE:

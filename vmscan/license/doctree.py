@@ -24,6 +24,7 @@ from vmscan.completeness import info
 from vmscan.errors import GuestError, GuestReadError, TooLargeError
 from vmscan.guestfs_view import DEFAULT_READ_LIMIT, GuestFS, Hive, Stat
 from vmscan.model import FileEntry
+from vmscan.stream import TarStream
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,10 @@ def prefetched_docs(
     with tempfile.TemporaryDirectory(prefix="vmscan-doc-") as tmp:
         tar_path = Path(tmp) / "doc.tar"
         try:
-            handle.tar_out(DOC_ROOT, str(tar_path), excludes=list(TAR_EXCLUDES))
-            if tar_path.stat().st_size > MAX_TREE_BYTES + 64 * 1024 * 1024:
+            if (
+                TarStream.to_file(handle, DOC_ROOT, str(tar_path), list(TAR_EXCLUDES))
+                > MAX_TREE_BYTES + 64 * 1024 * 1024
+            ):
                 raise GuestReadError("doc tree larger than the manifest said")
             view = DocTreeFS.from_tar(tar_path, fs)
         except (GuestError, OSError, tarfile.TarError, GuestReadError) as e:

@@ -1,0 +1,113 @@
+"""Incremental hashing: each file's SHA-256 kept by filesystem identity and path.
+
+A row is valid while the file's size, mtime, ctime and inode number are unchanged (the
+same test as rsync's quick check, with ctime and inode added: ``touch -d`` can forge an
+mtime but not a ctime, and a file replaced by another has a new inode). The filesystem
+identity is its UUID, else the device name. A rescan of a changed image, of an overlay
+or clone of a scanned disk, or of a snapshot, then streams only the files whose
+metadata changed; their antivirus verdicts come from the verdict cache by hash
+(``av_verdicts``, keyed by the signature databases' digest).
+
+The table lives in the state database given with ``--state-db`` or, for ``vmscan
+scan`` without one, in a per-user cache database (:func:`default_cache_db`). It is
+created here (``CREATE TABLE IF NOT EXISTS``), not by a state migration: it is a cache
+that can be dropped at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from vmscan.model import FileEntry
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS file_hashes (
+    fs_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (fs_id, path)
+) WITHOUT ROWID"""
+_BATCH = 500
+
+
+def default_cache_db() -> Path:
+    """``$XDG_CACHE_HOME/vmscan/cache.sqlite`` (or ``~/.cache/vmscan/cache.sqlite``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vmscan" / "cache.sqlite"
+
+
+def open_default_cache_db() -> str | None:
+    """The per-user cache database's path, its folder made private; None when unusable."""
+    path = default_cache_db()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        log.warning("no per-user cache (%s): %s", path.parent, e)
+        return None
+    return str(path)
+
+
+class FileHashCache:
+    """The ``file_hashes`` table: (fs identity, path) -> hash while the metadata holds."""
+
+    def __init__(self, path: str, busy_timeout_s: float = 60.0) -> None:
+        self.conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute(_SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def fill(self, fs_id: str, entries: Iterable[FileEntry]) -> int:
+        """Give every unhashed entry of filesystem *fs_id* whose row still holds its hash.
+
+        Returns how many were filled. Entries without stat identity are left alone.
+        """
+        todo = {e.path: e for e in entries if e.sha256 is None and e.error is None and e.ident}
+        paths = sorted(todo)
+        filled = 0
+        for i in range(0, len(paths), _BATCH):
+            part = paths[i : i + _BATCH]
+            qs = ",".join("?" * len(part))
+            rows = self.conn.execute(
+                "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM file_hashes "
+                f"WHERE fs_id = ? AND path IN ({qs})",
+                (fs_id, *part),
+            )
+            for path, size, mtime_ns, ctime_ns, ino, sha in rows:
+                e = todo[path]
+                if e.ident == (size, mtime_ns, ctime_ns, ino):
+                    e.sha256 = sha
+                    filled += 1
+        return filled
+
+    def store(self, fs_id: str, entries: Iterable[FileEntry]) -> None:
+        """Remember the hash of every hashed entry of *fs_id* with its stat identity."""
+        now = int(time.time())
+        rows = [
+            (fs_id, e.path, *e.ident, e.sha256, now)
+            for e in entries
+            if e.sha256 is not None and e.error is None and e.ident is not None
+        ]
+        for i in range(0, len(rows), _BATCH):
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO file_hashes "
+                    "(fs_id, path, size, mtime_ns, ctime_ns, ino, sha256, seen_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows[i : i + _BATCH],
+                )
