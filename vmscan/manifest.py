@@ -22,7 +22,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vmscan.errors import GuestError
 from vmscan.model import FileEntry
@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 _STAT_BATCH = 2000
 #: Cap on the find0 listing brought to the host (hostile trees).
 MAX_LISTING_BYTES = 512 * 1024 * 1024
+
+
+class WalkSink(Protocol):
+    """Receives the walk as it happens (:class:`vmscan.guestindex.FileIndex` is one)."""
+
+    def batch(self, parent: bytes, names: list[bytes], stats: list[dict[str, Any]] | None) -> None:
+        """``lstatnslist`` of *names* in *parent* (relative to "/"); None when it failed."""
+
+    def incomplete(self, dir_raw: bytes) -> None:
+        """The walk could not see all of *dir_raw* (b"": the whole tree)."""
 
 
 def _device_for(path: str, mounts: list[tuple[str, str]]) -> str:
@@ -144,11 +154,14 @@ def build_manifest(
     mounts: list[tuple[str, str]],
     progress: Callable[[int], None] | None = None,
     prefix: str = "",
+    walk: WalkSink | None = None,
 ) -> tuple[list[FileEntry], list[str]]:
     """Manifest of everything mounted under ``/`` in the appliance.
 
     *mounts* is ``[(mountpoint, device)]``. *prefix* is prepended to reported paths
     (unused for roots). Returns the entries and a list of problems (human-readable).
+    *walk*, when given, receives every entry's ``lstat`` (not only regular files'), so
+    that the scanner's index needs no walk of its own.
     """
     problems: list[str] = []
     mounts = sorted(mounts, key=lambda m: len(m[0]), reverse=True)
@@ -157,6 +170,8 @@ def build_manifest(
         g.find0("/", listing)
         if os.path.getsize(listing) > MAX_LISTING_BYTES:
             problems.append("file listing larger than the limit; manifest truncated")
+            if walk is not None:
+                walk.incomplete(b"")
         with open(listing, "rb") as fh:
             names = [n for n in fh.read(MAX_LISTING_BYTES).split(b"\0") if n]
         sums_path = os.path.join(tmp, "sums")
@@ -203,7 +218,11 @@ def build_manifest(
                 stats = g.lstatnslist(dir_str, strs)
             except GuestError as e:
                 problems.append(f"{dir_str}: cannot stat entries: {e}")
+                if walk is not None:
+                    walk.batch(parent, batch, None)
                 continue
+            if walk is not None:
+                walk.batch(parent, batch, stats)
             for base, st in zip(batch, stats, strict=False):
                 if not statmod.S_ISREG(st["st_mode"]):
                     continue
@@ -235,6 +254,8 @@ def build_manifest(
                 progress(done)
 
     for bad in sorted(bad_dirs):
+        if walk is not None:
+            walk.incomplete(bad)
         # Stream only the non-UTF-8 children of this directory (with their subtrees).
         keep_out = ["./" + _glob_escape(b.decode("utf-8")) for b in by_dir.get(bad, [])]
         for rel_in_dir, ti, digest in _tar_out_entries(g, bad, keep_out):

@@ -1,4 +1,4 @@
-"""Plugin bases: catalogers fill ``packages``, checks add ``findings``.
+"""Plugin bases (catalogers fill ``packages``, checks add ``findings``) and how they are run.
 
 Plugins are registered in explicit tuples (``ALL_CATALOGERS``, ``ALL_CHECKS`` in
 :mod:`vmscan.registry`), never by import side effects. ``NAME`` and ``VERSION`` go
@@ -8,11 +8,25 @@ into cache keys and the report's plugin status list.
 from __future__ import annotations
 
 import abc
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmscan.completeness import PluginState, bound, plugin_status
+from vmscan.errors import ApplianceDiedError
 from vmscan.guestfs_view import GuestFS
-from vmscan.model import FileEntry, Finding, ImageResult, OSInfo, Package, RootResult
+from vmscan.model import (
+    FileEntry,
+    Finding,
+    ImageResult,
+    OSInfo,
+    Package,
+    PluginStatus,
+    RootResult,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,3 +73,73 @@ class Check(abc.ABC):
     @abc.abstractmethod
     def run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
         """Findings; may also put a section into ``ctx.root.sections``."""
+
+
+def _died(name: str, why: str) -> PluginStatus:
+    return PluginStatus(name, PluginState.FAILED.value, bound(why))
+
+
+def run_plugins(
+    fs: GuestFS,
+    ctx: ScanContext,
+    catalogers: Iterable[Cataloger],
+    checks: Iterable[Check],
+    alive: Callable[[], bool],
+) -> None:
+    """Every cataloger, then the selected checks; each one's status from what it said.
+
+    One plugin never aborts the image: an exception makes it ``failed``, a gap note
+    ``partial`` (see :mod:`vmscan.completeness`); the image status follows from them.
+    The appliance is checked before the first plugin and after each (``alive``, one ping): once
+    it is dead the remaining plugins are ``failed`` without being run, and what the
+    plugin that was running returned is dropped, since a plugin that catches broadly
+    could have read "absent" into a failure to look.
+    """
+    # Each runner returns False when its plugin does not apply (no status then).
+    plugins: list[tuple[str, Callable[[], bool]]] = []
+    for cat in catalogers:
+
+        def run_cat(cat: Any = cat) -> bool:
+            if not cat.applies(fs, ctx.root.os):
+                return False
+            ctx.root.packages.extend(cat.catalog(fs, ctx))
+            return True
+
+        plugins.append((cat.NAME, run_cat))
+    for check in checks:
+
+        def run_check(check: Any = check) -> bool:
+            ctx.root.findings.extend(check.run(fs, ctx))
+            return True
+
+        plugins.append((check.NAME, run_check))
+    # The check after one plugin is the check before the next: one ping per plugin.
+    dead = None if alive() else "not run: the appliance died before the plugins ran"
+    for name, run in plugins:
+        if dead is not None:
+            ctx.root.plugins.append(_died(name, dead))
+            continue
+        ctx.notes = []
+        sections = dict(ctx.root.sections)
+        npkgs, nfind = len(ctx.root.packages), len(ctx.root.findings)
+        error: Exception | None = None
+        ran = True
+        try:
+            ran = run()
+        except Exception as e:  # one plugin never aborts the image
+            log.debug("plugin %s failed", name, exc_info=True)
+            error = e
+        if isinstance(error, ApplianceDiedError) or not alive():
+            # Nothing this plugin produced can be trusted: drop it.
+            del ctx.root.packages[npkgs:]
+            del ctx.root.findings[nfind:]
+            ctx.root.sections.clear()
+            ctx.root.sections.update(sections)
+            why = f"the appliance died during this plugin: {error}" if error else ""
+            ctx.root.plugins.append(_died(name, why or "the appliance died during this plugin"))
+            dead = "not run: the appliance died during an earlier plugin"
+            continue
+        if error is not None:
+            ctx.root.plugins.append(plugin_status(name, ctx.notes, error))
+        elif ran:
+            ctx.root.plugins.append(plugin_status(name, ctx.notes))

@@ -23,21 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from vmscan import SCHEMA_VERSION, __version__, pool, runctl
-from vmscan.completeness import PluginState, bound, finalize_image, plugin_status
+from vmscan.completeness import bound, finalize_image
 from vmscan.disk import resolve_source
 from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
 from vmscan.guestfs_view import LibguestfsFS, read_text
+from vmscan.guestindex import FileIndex, IndexedFS
 from vmscan.manifest import build_manifest
 from vmscan.model import (
     Filesystem,
     ImageResult,
     ImageStatus,
     OSInfo,
-    PluginStatus,
     RootResult,
     ScanResult,
 )
-from vmscan.plugins import ScanContext
+from vmscan.plugins import ScanContext, run_plugins
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
 
@@ -179,72 +179,6 @@ def _image_facts(g: Any) -> dict[str, Any]:
     return facts
 
 
-def _died(name: str, why: str) -> PluginStatus:
-    return PluginStatus(name, PluginState.FAILED.value, bound(why))
-
-
-def _run_plugins(fs: Any, ctx: ScanContext, opts: ScanOptions, alive: Callable[[], bool]) -> None:
-    """Every cataloger, then the selected checks; each one's status from what it said.
-
-    One plugin never aborts the image: an exception makes it ``failed``, a gap note
-    ``partial`` (see :mod:`vmscan.completeness`); the image status follows from them.
-    The appliance is checked before the first plugin and after each (``alive``, one ping): once
-    it is dead the remaining plugins are ``failed`` without being run, and what the
-    plugin that was running returned is dropped, since a plugin that catches broadly
-    could have read "absent" into a failure to look.
-    """
-    from vmscan.registry import catalogers_for, checks_for
-
-    # Each runner returns False when its plugin does not apply (no status then).
-    plugins: list[tuple[str, Callable[[], bool]]] = []
-    for cat in catalogers_for(opts.checks):
-
-        def run_cat(cat: Any = cat) -> bool:
-            if not cat.applies(fs, ctx.root.os):
-                return False
-            ctx.root.packages.extend(cat.catalog(fs, ctx))
-            return True
-
-        plugins.append((cat.NAME, run_cat))
-    for check in checks_for(opts.checks):
-
-        def run_check(check: Any = check) -> bool:
-            ctx.root.findings.extend(check.run(fs, ctx))
-            return True
-
-        plugins.append((check.NAME, run_check))
-    # The check after one plugin is the check before the next: one ping per plugin.
-    dead = None if alive() else "not run: the appliance died before the plugins ran"
-    for name, run in plugins:
-        if dead is not None:
-            ctx.root.plugins.append(_died(name, dead))
-            continue
-        ctx.notes = []
-        sections = dict(ctx.root.sections)
-        npkgs, nfind = len(ctx.root.packages), len(ctx.root.findings)
-        error: Exception | None = None
-        ran = True
-        try:
-            ran = run()
-        except Exception as e:  # one plugin never aborts the image
-            log.debug("plugin %s failed", name, exc_info=True)
-            error = e
-        if isinstance(error, ApplianceDiedError) or not alive():
-            # Nothing this plugin produced can be trusted: drop it.
-            del ctx.root.packages[npkgs:]
-            del ctx.root.findings[nfind:]
-            ctx.root.sections.clear()
-            ctx.root.sections.update(sections)
-            why = f"the appliance died during this plugin: {error}" if error else ""
-            ctx.root.plugins.append(_died(name, why or "the appliance died during this plugin"))
-            dead = "not run: the appliance died during an earlier plugin"
-            continue
-        if error is not None:
-            ctx.root.plugins.append(plugin_status(name, ctx.notes, error))
-        elif ran:
-            ctx.root.plugins.append(plugin_status(name, ctx.notes))
-
-
 def _scan_mounted(
     sess: GuestSession,
     result: ImageResult,
@@ -256,7 +190,16 @@ def _scan_mounted(
 ) -> None:
     g = sess.h
     assert g is not None
-    entries, problems = build_manifest(g, mounts, progress=_file_progress)
+    # The manifest's walk also fills the index the plugins look things up in.
+    index = FileIndex()
+    entries, problems = build_manifest(g, mounts, progress=_file_progress, walk=index)
+    try:
+        index_calls = index.finish(g)
+    except GuestError as err:
+        # Without "/" or the link targets every lookup goes to the appliance.
+        index.gaps.add("/")
+        index_calls = 0
+        problems.append(f"file index incomplete: {err}")
     for p in problems[:50]:
         result.errors.append(p)
     if len(problems) > 50:
@@ -284,7 +227,19 @@ def _scan_mounted(
         handle=g,
     )
     ctx.options.setdefault("state_db", opts.state_db)
-    _run_plugins(LibguestfsFS(g), ctx, opts, sess.alive)
+    fs = IndexedFS(index, LibguestfsFS(g))
+    from vmscan.registry import catalogers_for, checks_for
+
+    run_plugins(fs, ctx, catalogers_for(opts.checks), checks_for(opts.checks), sess.alive)
+    root.sections["index"] = {
+        "entries": len(index.stats),
+        "symlinks": len(index.links),
+        "walk_calls": index_calls,
+        "gaps": sorted(index.gaps)[:50],
+        "non_utf8_dirs": sorted(index.foreign)[:50],
+        # Lookups the index could not answer, answered by the appliance instead.
+        "fallbacks": dict(sorted(fs.fallbacks.items())),
+    }
 
 
 def scan_image(label: str, opts: ScanOptions) -> ImageResult:
