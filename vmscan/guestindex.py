@@ -133,8 +133,10 @@ class FileIndex:
                 return None
             if st.is_link and (todo or follow_last):
                 hops += 1
+                if hops > MAX_SYMLINKS:
+                    return None  # ELOOP: every target is known, the loop is a fact
                 target = self.links.get(nxt)
-                if target is None or hops > MAX_SYMLINKS:
+                if target is None:
                     raise _Gap(nxt)
                 if target.startswith("/"):
                     cur = "/"
