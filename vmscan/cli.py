@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from vmscan import SCHEMA_VERSION, __version__, runctl
+from vmscan import SCHEMA_VERSION, __version__, runctl, sigdir
 from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
@@ -177,11 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def signatures_dir() -> Path:
-    """The signatures folder: $VMSCAN_SIGNATURES or the repository's ``signatures/``."""
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "signatures"
+    """The signatures folder (see :func:`vmscan.sigdir.signatures_dir`)."""
+    return sigdir.signatures_dir()
 
 
 @contextlib.contextmanager

@@ -581,9 +581,10 @@ def _hash_tree(folder: Path, *, exclude: tuple[str, ...] = ()) -> str:
 
 
 def default_signatures_dir() -> Path:
-    """$VMSCAN_SIGNATURES or the repository's ``signatures/``."""
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "signatures"
+    """The signatures folder when the config names none (:func:`vmscan.sigdir.signatures_dir`)."""
+    from vmscan.sigdir import signatures_dir
+
+    return signatures_dir()
 
 
 def data_digests(cfg: NightlyConfig) -> dict[str, str]:
