@@ -34,6 +34,7 @@ from vmscan.completeness import (
 from vmscan.diff import diff_runs, iter_roots
 from vmscan.errors import UsageError, VmscanError
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
+from vmscan.sigdir import signatures_dir
 from vmscan.state import RUN_COMPLETE, RUN_FAILED, RUN_INTERRUPTED, StateDB, utcnow
 
 log = logging.getLogger(__name__)
@@ -582,14 +583,12 @@ def _hash_tree(folder: Path, *, exclude: tuple[str, ...] = ()) -> str:
 
 def default_signatures_dir() -> Path:
     """The signatures folder when the config names none (:func:`vmscan.sigdir.signatures_dir`)."""
-    from vmscan.sigdir import signatures_dir
-
     return signatures_dir()
 
 
 def data_digests(cfg: NightlyConfig) -> dict[str, str]:
     """Digests of the antivirus signatures and the advisory feed in use."""
-    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
+    sig_dir = signatures_dir(explicit=cfg.signatures_dir)
     out: dict[str, str] = {}
     if "antivirus" in cfg.checks:
         digest = ""
@@ -597,7 +596,7 @@ def data_digests(cfg: NightlyConfig) -> dict[str, str]:
             from vmscan.av.signatures import database_digest
 
             digest = database_digest(sig_dir / "clamav")
-        except (ImportError, OSError, TypeError) as exc:
+        except (OSError, TypeError) as exc:
             log.debug("signature digest from vmscan.av failed (%s); hashing files", exc)
         if not digest:
             digest = _hash_tree(sig_dir, exclude=("advisories",))
@@ -611,7 +610,7 @@ def data_digests(cfg: NightlyConfig) -> dict[str, str]:
             from vmscan.advisories import index_digest
 
             digest = index_digest(sig_dir / "advisories")
-        except (ImportError, OSError, ValueError, VmscanError) as exc:
+        except (OSError, ValueError, VmscanError) as exc:
             log.warning("advisory index digest failed (%s); hashing files", exc)
         h = hashlib.sha256((digest or _hash_tree(sig_dir / "advisories")).encode())
         for table in ("eol.json", "windows-builds.json"):
@@ -838,14 +837,11 @@ def offline_recheck(
 
     if not checks or any(c not in OFFLINE_CHECKS for c in checks):
         return None
-    try:
-        plugins = [
-            getattr(importlib.import_module(OFFLINE_CHECKS[c][0]), OFFLINE_CHECKS[c][1])()
-            for c in checks
-        ]
-    except (ImportError, AttributeError) as exc:
-        log.debug("offline re-check unavailable: %s", exc)
-        return None
+    # vmscan's own modules: an ImportError is a bug to see, not "re-check unavailable".
+    plugins = [
+        getattr(importlib.import_module(OFFLINE_CHECKS[c][0]), OFFLINE_CHECKS[c][1])()
+        for c in checks
+    ]
     merged = copy.deepcopy(old)
     for root in iter_roots(merged):
         rr = RootResult(
@@ -1007,7 +1003,7 @@ def run_lock(db_path: Path) -> Iterator[None]:
 
 def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
     """Options handed to catalogers and checks (as ``vmscan scan`` builds them)."""
-    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
+    sig_dir = signatures_dir(explicit=cfg.signatures_dir)
     options: dict[str, Any] = {"av_scope": cfg.av_scope, "signatures_dir": str(sig_dir)}
     if cfg.clamd:
         options["clamd"] = cfg.clamd
@@ -1054,12 +1050,9 @@ def _default_scan_fn() -> ScanFn:
 @contextlib.contextmanager
 def _services(opts: Any) -> Iterator[None]:
     """vmscan's own clamd for the run, as ``vmscan scan`` does (when the CLI offers it)."""
-    try:
-        from vmscan.cli import _managed_services
-    except ImportError:
-        yield
-        return
-    with _managed_services(opts):
+    from vmscan.services import managed_services
+
+    with managed_services(opts):
         yield
 
 
