@@ -8,7 +8,6 @@ keeps the entry points: command-line sources, libvirt domain XML, folder expansi
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ __all__ = [
     "MAX_CHAIN",
     "Source",
     "check_disk",
-    "expand_sources",
     "is_domain_xml",
     "normalise_format",
     "parse_domain_xml",
@@ -129,22 +127,6 @@ def resolve_source(
             disks.append(check_disk(fp, fmt, allow_backing, budget))
         return Source(label, tuple(disks))
     return Source(label, (check_disk(p, disk_format, allow_backing, budget),))
-
-
-def expand_sources(items: list[str]) -> list[str]:
-    """Expand globs and folders (images and domain XML inside them), keep order."""
-    out: list[str] = []
-    for item in items:
-        if any(c in item for c in "*?["):
-            out.extend(sorted(glob.glob(item)))
-        elif os.path.isdir(item) and not item.endswith(os.sep + "."):
-            for name in sorted(os.listdir(item)):
-                full = os.path.join(item, name)
-                if os.path.isfile(full) and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append(full)
-        else:
-            out.append(item)
-    return out
 
 
 IMAGE_SUFFIXES = {".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".xml"}

@@ -45,8 +45,6 @@ class ScanContext:
     # The raw libguestfs handle with this root mounted read-only at "/", for checks
     # that need bulk transfers (tar_out, checksums_out). None under HostDirFS.
     handle: Any = None
-    # The state database (vmscan.state.StateDB) when the run has one, for caches.
-    state: Any = None
 
 
 class Cataloger(abc.ABC):

@@ -16,7 +16,7 @@ import logging
 import re
 import stat as statmod
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -708,14 +708,11 @@ def _exe_candidates(r: _Run, windows: bool) -> list[str]:
     return out
 
 
-def _exe_kind(r: _Run, path: str, heads: Mapping[str, Any]) -> ExeKind | None:
-    head = heads.get(path)
-    if not isinstance(head, (bytes, bytearray)):
-        try:
-            head = r.fs.read_head(path, HEAD_SIZE)
-        except VmscanError:
-            return None
-    head = bytes(head)
+def _exe_kind(r: _Run, path: str) -> ExeKind | None:
+    try:
+        head = r.fs.read_head(path, HEAD_SIZE)
+    except VmscanError:
+        return None
     off = pe_header_offset(head)
     if off is not None and len(head) < off + 256 <= 65536:
         with contextlib.suppress(VmscanError):
@@ -738,7 +735,7 @@ def _arch(r: _Run) -> None:
         for probe in probes:
             p = ci_path(r.fs, probe) if windows else probe
             if p and r.fs.is_file(p):
-                k = _exe_kind(r, p, {})
+                k = _exe_kind(r, p)
                 if k and k.bits in (32, 64):
                     arch, bits, source = k.machine, k.bits, f"header of {p}"
                     break
@@ -748,8 +745,6 @@ def _arch(r: _Run) -> None:
     if bits == 32:
         r.add(ARCH_32BIT_OS, "os", arch, title=f"32-bit operating system ({arch})", arch=arch)
 
-    heads_raw = r.ctx.root.sections.get("file_heads")
-    heads: Mapping[str, Any] = heads_raw if isinstance(heads_raw, Mapping) else {}
     cands = _exe_candidates(r, windows)
     cap = int(r.ctx.options.get("migration_max_heads", DEFAULT_MAX_HEADS))
     examined = cands[:cap]
@@ -758,7 +753,7 @@ def _arch(r: _Run) -> None:
     exe16: list[str] = []
     unreadable = 0
     for path in examined:
-        k = _exe_kind(r, path, heads)
+        k = _exe_kind(r, path)
         if k is None:
             unreadable += 1
             continue
@@ -776,7 +771,7 @@ def _arch(r: _Run) -> None:
         "capped": len(cands) > len(examined),
         "cap": cap,
         "unreadable": unreadable,
-        "headers_from": "file_heads" if heads else "read_head",
+        "headers_from": "read_head",
         "kinds": dict(sorted(counts.items())),
         "count_32bit": len(exe32),
         "sample_32bit": exe32[:SAMPLE],
