@@ -34,6 +34,7 @@ from vmscan.model import (
     ImageResult,
     ImageStatus,
     OSInfo,
+    PluginStatus,
     RootResult,
     ScanResult,
 )
@@ -253,13 +254,17 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
         result.disks = list(src.disks)
         with GuestSession(src.disks, opts.memsize, opts.accel) as sess:
             _appliance_started(sess.h)
+            pending: list[str] = []
             try:
-                _scan_session(sess, result, opts)
+                _scan_session(sess, result, opts, pending)
             except ApplianceDiedError as e:
                 # Outside a plugin (facts, inspection, mounting, the manifest): what was
                 # scanned so far stays, the rest is said to be missing.
                 result.errors.append(f"the appliance died; the rest was not scanned: {e}")
-                result.status = ImageStatus.PARTIAL
+                _roots_not_scanned(result, pending, opts.checks, str(e))
+                # Nothing scanned at all (it died before inspection ended): an error.
+                scanned = result.roots or result.sections.get("data_volumes")
+                result.status = ImageStatus.PARTIAL if scanned else ImageStatus.ERROR
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
     except ImageError as e:
@@ -276,7 +281,21 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     return result
 
 
-def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) -> None:
+def _roots_not_scanned(
+    result: ImageResult, devices: list[str], checks: tuple[str, ...], why: str
+) -> None:
+    """Roots the appliance died before (or while) scanning: every plugin failed, not run."""
+    reason = bound(f"not run: the appliance died: {why}")
+    for dev in devices:
+        root = RootResult(device=dev, os=OSInfo())
+        root.plugins = [PluginStatus(n, "failed", reason) for n in ("inventory", *checks)]
+        result.roots.append(root)
+
+
+def _scan_session(
+    sess: GuestSession, result: ImageResult, opts: ScanOptions, pending: list[str]
+) -> None:
+    """Scan every root; *pending* holds the roots not yet in ``result.roots``."""
     g = sess.h
     assert g is not None
     facts = _image_facts(g)
@@ -294,6 +313,7 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
     except GuestError as e:
         result.errors.append(f"inspection failed: {e}")
         roots = []
+    pending[:] = sorted(roots)
     partial = False
     for root_dev in sorted(roots):
         os_info = _inspect_root(g, root_dev)
@@ -354,6 +374,7 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
                     fstab = _fstab_entries(LibguestfsFS(g))
         if not any(m == "/" for m, _ in mounted):
             result.roots.append(root)
+            pending.remove(root_dev)
             sess.umount_all()
             continue
         fs = LibguestfsFS(g)
@@ -373,6 +394,7 @@ def _scan_session(sess: GuestSession, result: ImageResult, opts: ScanOptions) ->
                 )
         _scan_mounted(sess, result, root, mounted, opts, facts, fs_by_dev)
         result.roots.append(root)
+        pending.remove(root_dev)
         sess.umount_all()
     if not roots:
         if not any(f.type not in _NOT_WALKABLE for f in fs_by_dev.values()):
