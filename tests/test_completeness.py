@@ -1,8 +1,8 @@
 """A check that could not run never makes an image "ok": real plugins on crafted host trees.
 
 Every case runs the real catalogers and checks through the scanner's own plugin loop
-(``_run_plugins``) over a :class:`HostDirFS` tree, then derives the image status, the
-exit code and every writer's output from the result, as a scan does. No appliance: the
+(:func:`vmscan.plugins.run_plugins`) over a :class:`HostDirFS` tree, then derives the image
+status, the exit code and every writer's output from the result, as a scan does. No appliance: the
 appliance runs of the same cases are in ``test_completeness_guest.py``.
 """
 
@@ -48,12 +48,12 @@ from vmscan.model import (
     to_jsonable,
 )
 from vmscan.nightly import dry_run, format_metrics, load_config, run_nightly
-from vmscan.plugins import ScanContext
+from vmscan.plugins import ScanContext, run_plugins
+from vmscan.registry import catalogers_for, checks_for
 from vmscan.report.csv_out import finding_rows
 from vmscan.report.html import render_html
 from vmscan.report.junit import build_junit
 from vmscan.report.sarif import to_sarif
-from vmscan.scanner import ScanOptions, _run_plugins
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -94,7 +94,10 @@ def scan_tree(
     ctx = ScanContext(
         root=root, manifest=_manifest(tree, device), options=dict(options), image=image
     )
-    _run_plugins(fs or HostDirFS(tree), ctx, ScanOptions(checks=checks))
+    # A host tree has no appliance to die: always alive.
+    run_plugins(
+        fs or HostDirFS(tree), ctx, catalogers_for(checks), checks_for(checks), lambda: True
+    )
     image.roots.append(root)
     finalize_image(image, checks)
     return image
