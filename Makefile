@@ -33,6 +33,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) scripts/check_runtime_error.py
+	$(VENV)/bin/lint-imports
 
 test: setup lint
 	$(VENV)/bin/pytest -q

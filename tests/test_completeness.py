@@ -1,8 +1,8 @@
 """A check that could not run never makes an image "ok": real plugins on crafted host trees.
 
 Every case runs the real catalogers and checks through the scanner's own plugin loop
-(``_run_plugins``) over a :class:`HostDirFS` tree, then derives the image status, the
-exit code and every writer's output from the result, as a scan does. No appliance: the
+(:func:`vmscan.plugins.run_plugins`) over a :class:`HostDirFS` tree, then derives the image
+status, the exit code and every writer's output from the result, as a scan does. No appliance: the
 appliance runs of the same cases are in ``test_completeness_guest.py``.
 """
 
@@ -94,6 +94,7 @@ def scan_tree(
     ctx = ScanContext(
         root=root, manifest=_manifest(tree, device), options=dict(options), image=image
     )
+    # A host tree has no appliance to die: always alive.
     _run_plugins(fs or HostDirFS(tree), ctx, ScanOptions(checks=checks))
     image.roots.append(root)
     finalize_image(image, checks)

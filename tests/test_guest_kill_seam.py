@@ -1,9 +1,10 @@
 """The appliance's qemu killed in the middle of a root, during a real scan.
 
-One ``vmscan scan -j 2`` over two names of the phony Debian fixture: on ``mig`` qemu is
+One ``vmscan scan -j 2`` over three names of the phony Debian fixture: on ``mig`` qemu is
 SIGKILLed as the migration check starts (so that check runs against a dead appliance),
-on ``dpkg`` as the dpkg cataloger starts (so every later plugin meets a dead one). The
-workers are forked, so the patches made here before the scan are in force there.
+on ``dpkg`` as the dpkg cataloger starts (so every later plugin meets a dead one), on
+``walk`` as the manifest's walk starts (outside any plugin). The workers are forked, so
+the patches made here before the scan are in force there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 import fixtures
+from vmscan import scanner
 from vmscan.catalog.dpkg import DpkgCataloger
 from vmscan.checks.migration import MigrationCheck
 from vmscan.cli import main
@@ -26,8 +28,8 @@ from vmscan.plugins import ScanContext
 pytestmark = pytest.mark.guest
 
 
-def _kill_appliance(ctx: ScanContext) -> None:
-    pid = int(ctx.handle.get_pid())
+def _kill_appliance(ctx: ScanContext | None, handle: Any = None) -> None:
+    pid = int((handle if ctx is None else ctx.handle).get_pid())
     os.kill(pid, signal.SIGKILL)
     for _ in range(200):  # until it is a zombie (libguestfs reaps it) or gone
         try:
@@ -44,12 +46,23 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     img = fixtures.build("debian-lvm")
     tmp = tmp_path_factory.mktemp("kill")
     names = {}
-    for name in ("mig", "dpkg"):
+    for name in ("mig", "dpkg", "walk"):
         names[name] = tmp / f"{name}.qcow2"
         names[name].symlink_to(img)
     before = sha256_file(img)
     mp = pytest.MonkeyPatch()
     orig_run, orig_catalog = MigrationCheck.run, DpkgCataloger.catalog
+    orig_scan, orig_manifest = scanner.scan_image, scanner.build_manifest
+    current: list[str] = []
+
+    def scan_image(label: str, opts: Any) -> Any:
+        current.append(label)  # one image per forked worker
+        return orig_scan(label, opts)
+
+    def build_manifest(g: Any, *args: Any, **kwargs: Any) -> Any:
+        if current and current[-1].endswith("walk.qcow2"):
+            _kill_appliance(None, g)
+        return orig_manifest(g, *args, **kwargs)
 
     def run(self: MigrationCheck, fs: Any, ctx: ScanContext) -> Any:
         if ctx.image is not None and ctx.image.source.endswith("mig.qcow2"):
@@ -63,6 +76,8 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     mp.setattr(MigrationCheck, "run", run)
     mp.setattr(DpkgCataloger, "catalog", catalog)
+    mp.setattr(scanner, "scan_image", scan_image)
+    mp.setattr(scanner, "build_manifest", build_manifest)
     out = tmp / "report.json"
     try:
         rc = main(
@@ -77,12 +92,13 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 str(out),
                 str(names["mig"]),
                 str(names["dpkg"]),
+                str(names["walk"]),
             ]
         )
     finally:
         mp.undo()
     report = json.loads(out.read_text())
-    imgs = dict(zip(("mig", "dpkg"), report["images"], strict=True))
+    imgs = dict(zip(("mig", "dpkg", "walk"), report["images"], strict=True))
     return {"rc": rc, "img": imgs, "before": before, "after": sha256_file(img)}
 
 
@@ -132,3 +148,15 @@ def test_killed_during_a_cataloger(killed: dict[str, Any]) -> None:
     assert root["packages"] == []
     assert root["findings"] == []
     assert "migration" not in root["sections"]
+
+
+def test_killed_outside_the_plugins(killed: dict[str, Any]) -> None:
+    img = killed["img"]["walk"]
+    assert any(e.startswith("the appliance died; the rest was not scanned") for e in img["errors"])
+    root = _root(img)
+    assert root["packages"] == [] and root["findings"] == []
+    plugins = _plugins(img)
+    assert set(plugins) == {"inventory", "license", "migration"}
+    for p in plugins.values():
+        assert p["status"] == "failed"
+        assert p["reason"].startswith("not run: the appliance died")

@@ -325,20 +325,6 @@ def test_executable_sample_cap(tmp_path: Path) -> None:
     assert "capped" in f.title
 
 
-def test_file_heads_section_is_used(tmp_path: Path) -> None:
-    debian_tree(tmp_path)
-    ctx = context(tmp_path, debian_os())
-    # Heads provided by another plugin win over the bytes on disk.
-    ctx.root.sections["file_heads"] = {"/usr/bin/ls": elf(32, 3)}
-    findings = MigrationCheck().run(GuestDir(tmp_path), ctx)
-    assert ctx.root.sections["migration"]["facts"]["executables"]["headers_from"] == "file_heads"
-    assert by_rule(findings, "MIG-ARCH-32BIT-EXECUTABLES")[0].details["sample"] == ["/usr/bin/ls"]
-
-
-# ---------------------------------------------------------------------------
-# Hypervisor tools, capacity, end of life
-
-
 def test_hypervisor_tools_from_packages_and_files(tmp_path: Path) -> None:
     debian_tree(tmp_path)
     write(tmp_path, "/etc/cloud/cloud.cfg", "datasource_list: [NoCloud]\n")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from vmscan import SCHEMA_VERSION, __version__, runctl
+from vmscan import SCHEMA_VERSION, __version__, runctl, sigdir
 from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
 from vmscan.errors import UsageError, VmscanError
 from vmscan.filecache import open_default_cache_db
@@ -28,6 +28,7 @@ from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, t
 from vmscan.report.formats import ReportFormat, choose_format
 from vmscan.report.table import write_table
 from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, now_iso, scan_sources
+from vmscan.services import managed_services
 
 log = logging.getLogger("vmscan")
 
@@ -192,21 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="warn about feeds older than this (default 7)",
     )
     st.add_argument("--json", action="store_true", help="print JSON")
+    # vmscan's own modules: an ImportError is a bug to see, never a missing subcommand.
     for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        mod.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 
 def signatures_dir() -> Path:
-    """The signatures folder: $VMSCAN_SIGNATURES or the repository's ``signatures/``."""
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "signatures"
+    """The signatures folder (see :func:`vmscan.sigdir.signatures_dir`)."""
+    return sigdir.signatures_dir()
 
 
 def summarize_incomplete(data: dict[str, Any], out: IO[str]) -> None:
@@ -245,10 +240,8 @@ def last_report_path() -> Path:
 def finalize_report(result: ScanResult) -> dict[str, Any]:
     """Canonical JSON dict of a run, with fleet-level sections."""
     data: dict[str, Any] = to_jsonable(result)
-    try:
-        from vmscan.license.fleet import fleet_summary
-    except ImportError:
-        return data
+    from vmscan.license.fleet import fleet_summary
+
     try:
         data["sections"]["license_fleet"] = fleet_summary(data)
     except Exception as e:  # a summary never loses the report
@@ -332,7 +325,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     interrupted: runctl.Interrupted | None = None
     try:
-        with runctl.interruptible(), runctl.run_scope(), _managed_services(opts):
+        with runctl.interruptible(), runctl.run_scope(), managed_services(opts):
             result = scan_sources(
                 list(args.sources), opts, progress=progress, file_progress=file_progress
             )
@@ -399,49 +392,6 @@ def _signals_ignored() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _managed_services(opts: ScanOptions) -> Iterator[None]:
-    """Start vmscan's own clamd once per run when the antivirus check needs one.
-
-    Its descriptor goes to the workers in memory (``plugin_options["clamd_descriptor"]``);
-    it lives in the run's folder and the run's janitor kills it if vmscan is killed.
-    """
-    if "antivirus" not in opts.checks or opts.plugin_options.get("clamd"):
-        yield
-        return
-    try:
-        from vmscan.av.clamd_manager import ManagedClamd, clamd_threads
-    except ImportError:
-        yield
-        return
-    with runctl.run_scope() as run:
-        streams = int(opts.plugin_options.get("av_streams") or 4)
-        clamd = ManagedClamd(
-            signatures_dir() / "clamav",
-            threads=clamd_threads(opts.jobs, streams),
-            runtime_parent=run.path,
-        )
-        clamd.on_spawn.append(run.track_process)
-        try:
-            clamd.start()
-        except VmscanError as e:
-            # The antivirus check reports it; the other checks still run.
-            opts.plugin_options["clamd_error"] = str(e)
-            log.error("antivirus: %s", e)
-            yield
-            return
-        try:
-            if clamd.runtime_dir is not None and run.path not in clamd.runtime_dir.parents:
-                run.track_dir(str(clamd.runtime_dir))
-            opts.plugin_options["clamd"] = clamd.address
-            opts.plugin_options["clamd_descriptor"] = clamd.descriptor
-            yield
-        finally:
-            clamd.stop()
-            opts.plugin_options.pop("clamd", None)
-            opts.plugin_options.pop("clamd_descriptor", None)
 
 
 def _prepare_advisories(options: dict[str, Any]) -> None:

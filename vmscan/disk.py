@@ -31,7 +31,6 @@ __all__ = [
     "MAX_CHAIN",
     "Source",
     "check_disk",
-    "expand_sources",
     "is_domain_xml",
     "normalise_format",
     "parse_domain_xml",

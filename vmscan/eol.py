@@ -47,12 +47,10 @@ class EolStatus:
 
 
 def default_table_path() -> Path:
-    """signatures/eol.json of the repository (or of ``$VMSCAN_SIGNATURES``)."""
-    import os
+    """``eol.json`` of the signatures folder (see :func:`vmscan.sigdir.signatures_dir`)."""
+    from vmscan.sigdir import signatures_dir
 
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    base = Path(env) if env else Path(__file__).resolve().parent.parent / "signatures"
-    return base / "eol.json"
+    return signatures_dir() / "eol.json"
 
 
 def _date(v: Any, where: str) -> dt.date:

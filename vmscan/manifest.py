@@ -21,7 +21,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vmscan.errors import GuestError
 from vmscan.model import FileEntry
@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 _STAT_BATCH = 2000
 #: Cap on the find0 listing brought to the host (hostile trees).
 MAX_LISTING_BYTES = 512 * 1024 * 1024
+
+
+class WalkSink(Protocol):
+    """Receives the walk as it happens (:class:`vmscan.guestindex.FileIndex` is one)."""
+
+    def batch(self, parent: bytes, names: list[bytes], stats: list[dict[str, Any]] | None) -> None:
+        """``lstatnslist`` of *names* in *parent* (relative to "/"); None when it failed."""
+
+    def incomplete(self, dir_raw: bytes) -> None:
+        """The walk could not see all of *dir_raw* (b"": the whole tree)."""
 
 
 def _device_for(path: str, mounts: list[tuple[str, str]]) -> str:
@@ -121,6 +131,7 @@ def build_manifest(
     prefix: str = "",
     timings: Timings | None = None,
     hash_files: bool = True,
+    walk: WalkSink | None = None,
 ) -> tuple[list[FileEntry], list[str]]:
     """Manifest of everything mounted under ``/`` in the appliance.
 
@@ -130,6 +141,9 @@ def build_manifest(
     With *hash_files* false the regular files are not hashed here (``sha256`` and
     ``error`` both None): the root's content stream hashes them on the host as they pass
     (the antivirus scan, then :func:`hash_pending` for what it did not take).
+
+    *walk*, when given, receives every entry's ``lstat`` (not only regular files'), so
+    that the scanner's index needs no walk of its own.
     """
     problems: list[str] = []
     tm = timings or Timings()
@@ -140,6 +154,8 @@ def build_manifest(
             g.find0("/", listing)
         if os.path.getsize(listing) > MAX_LISTING_BYTES:
             problems.append("file listing larger than the limit; manifest truncated")
+            if walk is not None:
+                walk.incomplete(b"")
         with open(listing, "rb") as fh:
             names = [n for n in fh.read(MAX_LISTING_BYTES).split(b"\0") if n]
         sums_path = os.path.join(tmp, "sums")
@@ -192,6 +208,8 @@ def build_manifest(
                     stats = g.lstatnslist(dir_str, strs)
             except GuestError as e:
                 problems.append(f"{dir_str}: cannot stat entries: {e}")
+                if walk is not None:
+                    walk.batch(parent, batch, None)
                 # Listed but not examined: in the manifest with the reason, never a gap.
                 for base in batch:
                     rel = parent + b"/" + base if parent else base
@@ -209,6 +227,8 @@ def build_manifest(
                         )
                     )
                 continue
+            if walk is not None:
+                walk.batch(parent, batch, stats)
             for base, st in zip(batch, stats, strict=False):
                 if not statmod.S_ISREG(st["st_mode"]):
                     continue
@@ -249,6 +269,8 @@ def build_manifest(
                 progress(done)
 
     for bad in sorted(bad_dirs):
+        if walk is not None:
+            walk.incomplete(bad)
         # Stream only the non-UTF-8 children of this directory (with their subtrees). A
         # UTF-8 sibling whose name cannot be an exclude pattern (a newline) travels too
         # and is dropped here: it was listed and hashed above.

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from vmscan import SCHEMA_VERSION, __version__, inspect, pool, runctl
-from vmscan.completeness import PluginState, bound, finalize_image, plugin_status, skipped
+from vmscan.completeness import bound, finalize_image
 from vmscan.disk import resolve_source
 from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
 from vmscan.filecache import FileHashCache
 from vmscan.guestfs_view import LibguestfsFS, read_text
+from vmscan.guestindex import FileIndex, IndexedFS
 from vmscan.manifest import build_manifest, hash_pending
 from vmscan.model import (
     DiskRef,
@@ -40,7 +41,7 @@ from vmscan.model import (
     RootResult,
     ScanResult,
 )
-from vmscan.plugins import ScanContext
+from vmscan.plugins import ScanContext, run_plugins
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
 from vmscan.source.domain import DEFAULT_URI, is_domain_source, open_domain
@@ -112,10 +113,6 @@ def _os_release(text: str) -> dict[str, str]:
     return out
 
 
-def _died(name: str, why: str, version: str = "") -> PluginStatus:
-    return PluginStatus(name, PluginState.FAILED.value, bound(why), version)
-
-
 def _no_appliance() -> bool:
     """``alive`` of a view with no appliance behind it (a host folder)."""
     return True
@@ -124,79 +121,15 @@ def _no_appliance() -> bool:
 def _run_plugins(
     fs: Any, ctx: ScanContext, opts: ScanOptions, alive: Callable[[], bool] = _no_appliance
 ) -> None:
-    """Every cataloger, then the selected checks; each one's status from what it said.
-
-    One plugin never aborts the image: an exception makes it ``failed``, a gap note
-    ``partial`` (see :mod:`vmscan.completeness`); the image status follows from them.
-    Every registered plugin reports on every root: one that did not run is ``skipped``
-    with the reason (its database is absent here, or the check was not selected).
-    The appliance is checked before the first plugin and after each (``alive``, one ping):
-    once it is dead the remaining plugins are ``failed`` without being run, and what the
-    plugin that was running returned is dropped, since a plugin that catches broadly
-    could have read "absent" into a failure to look.
-    """
+    """:func:`vmscan.plugins.run_plugins` with this run's selection and the image's clock."""
     from vmscan.registry import all_checks, catalogers_for
 
+    chosen = [c for c in all_checks() if c.NAME in opts.checks]
+    others = [c for c in all_checks() if c.NAME not in opts.checks]
     tm = _timings_of(ctx.image)
-    # Each runner returns False when its plugin does not apply (then it is skipped).
-    plugins: list[tuple[str, str, Callable[[], bool]]] = []
-    for cat in catalogers_for(opts.checks):
-
-        def run_cat(cat: Any = cat) -> bool:
-            if not cat.applies(fs, ctx.root.os):
-                return False
-            ctx.root.packages.extend(cat.catalog(fs, ctx))
-            return True
-
-        plugins.append((cat.NAME, cat.VERSION, run_cat))
-    not_selected = []
-    for check in all_checks():
-        if check.NAME not in opts.checks:
-            not_selected.append(skipped(check.NAME, "not selected (--checks)", check.VERSION))
-            continue
-
-        def run_check(check: Any = check) -> bool:
-            ctx.root.findings.extend(check.run(fs, ctx))
-            return True
-
-        plugins.append((check.NAME, check.VERSION, run_check))
-    # The check after one plugin is the check before the next: one ping per plugin.
-    dead = None if alive() else "not run: the appliance died before the plugins ran"
-    for name, version, run in plugins:
-        if dead is not None:
-            ctx.root.plugins.append(_died(name, dead, version))
-            continue
-        ctx.notes = []
-        sections = dict(ctx.root.sections)
-        npkgs, nfind = len(ctx.root.packages), len(ctx.root.findings)
-        error: Exception | None = None
-        ran = True
-        try:
-            with tm.plugin(name):
-                ran = run()
-        except Exception as e:  # one plugin never aborts the image
-            log.debug("plugin %s failed", name, exc_info=True)
-            error = e
-        if isinstance(error, ApplianceDiedError) or not alive():
-            # Nothing this plugin produced can be trusted: drop it.
-            del ctx.root.packages[npkgs:]
-            del ctx.root.findings[nfind:]
-            ctx.root.sections.clear()
-            ctx.root.sections.update(sections)
-            why = f"the appliance died during this plugin: {error}" if error else ""
-            ctx.root.plugins.append(
-                _died(name, why or "the appliance died during this plugin", version)
-            )
-            dead = "not run: the appliance died during an earlier plugin"
-            continue
-        if error is not None:
-            ctx.root.plugins.append(plugin_status(name, ctx.notes, error, version))
-        elif ran:
-            ctx.root.plugins.append(plugin_status(name, ctx.notes, version=version))
-        else:
-            why = "not applicable: its package database is not on this root"
-            ctx.root.plugins.append(skipped(name, why, version))
-    ctx.root.plugins.extend(not_selected)
+    run_plugins(
+        fs, ctx, catalogers_for(opts.checks), chosen, alive, not_selected=others, timings=tm
+    )
 
 
 def _scan_mounted(
@@ -217,13 +150,23 @@ def _scan_mounted(
     # With the antivirus check, files are hashed on the host in its content stream (one
     # transfer of each file); with a hash cache only files whose metadata changed are
     # read; hash_pending below takes what is left.
+    # The manifest's walk also fills the index the plugins look things up in.
+    index = FileIndex()
     entries, problems = build_manifest(
         g,
         mounts,
         progress=_file_progress,
         timings=tm,
         hash_files=not streaming and cache is None,
+        walk=index,
     )
+    try:
+        index_calls = index.finish(g)
+    except GuestError as err:
+        # Without "/" or the link targets every lookup goes to the appliance.
+        index.gaps.add("/")
+        index_calls = 0
+        problems.append(f"file index incomplete: {err}")
     fs_ids = {dev: (fs_by_dev[dev].uuid if dev in fs_by_dev else "") or dev for _m, dev in mounts}
     hc = result.sections.setdefault(
         "hash_cache", {"enabled": cache is not None, "rehash": opts.rehash, "files": 0}
@@ -262,7 +205,17 @@ def _scan_mounted(
     )
     # The verdict cache lives beside the hash cache: a clone's files keep their verdicts.
     ctx.options.setdefault("state_db", opts.state_db or (opts.cache_db if cache else None))
-    _run_plugins(LibguestfsFS(g), ctx, opts, sess.alive)
+    fs = IndexedFS(index, LibguestfsFS(g))
+    _run_plugins(fs, ctx, opts, sess.alive)
+    root.sections["index"] = {
+        "entries": len(index.stats),
+        "symlinks": len(index.links),
+        "walk_calls": index_calls,
+        "gaps": sorted(index.gaps)[:50],
+        "non_utf8_dirs": sorted(index.foreign)[:50],
+        # Lookups the index could not answer, answered by the appliance instead.
+        "fallbacks": dict(sorted(fs.fallbacks.items())),
+    }
     for p in hash_pending(g, entries, tm, in_appliance=not streaming)[:50]:
         result.errors.append(p)
     if cache is not None:
@@ -328,13 +281,17 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
             with GuestSession(disks, opts.memsize, opts.accel) as sess:
                 tm.add("launch", time.monotonic() - t_launch)
                 _appliance_started(sess.h)
+                pending: list[str] = []
                 try:
-                    _scan_session(sess, result, opts, budget)
+                    _scan_session(sess, result, opts, pending, budget)
                 except ApplianceDiedError as e:
                     # Outside a plugin (facts, inspection, mounting, the manifest): what
                     # was scanned so far stays, the rest is said to be missing.
                     result.errors.append(f"the appliance died; the rest was not scanned: {e}")
-                    result.status = ImageStatus.PARTIAL
+                    _roots_not_scanned(result, pending, opts.checks, str(e))
+                    # Nothing scanned at all (it died before inspection ended): an error.
+                    scanned = result.roots or result.sections.get("data_volumes")
+                    result.status = ImageStatus.PARTIAL if scanned else ImageStatus.ERROR
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
     except ImageError as e:
@@ -353,9 +310,25 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
     return result
 
 
-def _scan_session(
-    sess: GuestSession, result: ImageResult, opts: ScanOptions, budget: Budget | None = None
+def _roots_not_scanned(
+    result: ImageResult, devices: list[str], checks: tuple[str, ...], why: str
 ) -> None:
+    """Roots the appliance died before (or while) scanning: every plugin failed, not run."""
+    reason = bound(f"not run: the appliance died: {why}")
+    for dev in devices:
+        root = RootResult(device=dev, os=OSInfo())
+        root.plugins = [PluginStatus(n, "failed", reason) for n in ("inventory", *checks)]
+        result.roots.append(root)
+
+
+def _scan_session(
+    sess: GuestSession,
+    result: ImageResult,
+    opts: ScanOptions,
+    pending: list[str],
+    budget: Budget | None = None,
+) -> None:
+    """Scan every root; *pending* holds the roots not yet in ``result.roots``."""
     # Bounded facts and inspection (vmscan.inspect): hostile partition tables and trees
     # cost seconds, and what was not looked at is said.
     assert sess.h is not None
@@ -377,6 +350,7 @@ def _scan_session(
     result.errors.extend(inspect_errors + probe_errors)
     partial = partial or bool(probe_errors)
     roots = [fr.device for fr in found]
+    pending[:] = list(roots)
     for fr in found:
         root_dev, os_info, mps = fr.device, fr.os, fr.mountpoints
         root = RootResult(device=root_dev, os=os_info, mountpoints=mps)
@@ -447,6 +421,7 @@ def _scan_session(
                         result.errors.extend(f"{root_dev}: {c}" for c in tab.cut)
         if not any(m == "/" for m, _ in mounted):
             result.roots.append(root)
+            pending.remove(root_dev)
             sess.umount_all()
             continue
         fs = LibguestfsFS(g)
@@ -466,6 +441,7 @@ def _scan_session(
                 )
         _scan_mounted(sess, result, root, mounted, opts, facts, fs_by_dev)
         result.roots.append(root)
+        pending.remove(root_dev)
         sess.umount_all()
     if not roots:
         if not any(f.type not in _NOT_WALKABLE for f in fs_by_dev.values()):

@@ -9,7 +9,6 @@ vendor ratings), :mod:`~vmscan.advisories.feeds` (import), :mod:`~vmscan.advisor
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from vmscan.advisories.feeds import ImportReport, import_feed
 from vmscan.advisories.index import Index, ensure_index, open_index
 from vmscan.advisories.match import Ecosystem, guest_ecosystem, match_packages
 from vmscan.advisories.model import Advisory, AdvisoryError, Affected, FeedKind, Rating
+from vmscan.sigdir import signatures_dir
 
 __all__ = [
     "Advisory",
@@ -43,12 +43,7 @@ def default_advisories_dir(options: dict[str, Any] | None = None) -> Path:
     options = options or {}
     if options.get("advisories_dir"):
         return Path(options["advisories_dir"])
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    if env:
-        return Path(env) / "advisories"
-    if options.get("signatures_dir"):
-        return Path(options["signatures_dir"]) / "advisories"
-    return Path(__file__).resolve().parent.parent.parent / "signatures" / "advisories"
+    return signatures_dir(options) / "advisories"
 
 
 def index_digest(adv_dir: Path) -> str:

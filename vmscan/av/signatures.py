@@ -11,10 +11,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmscan.sigdir import BUNDLED
+
 log = logging.getLogger(__name__)
 
 #: The signature folder shipped with vmscan (``signatures/clamav`` at the project root).
-DEFAULT_SIG_DIR = Path(__file__).resolve().parents[2] / "signatures" / "clamav"
+DEFAULT_SIG_DIR = BUNDLED / "clamav"
 MANIFEST_NAME = "MANIFEST.json"
 #: Plain-text database formats vmscan ships (and verifies line by line).
 TEXT_FORMATS = (".hsb", ".hdb", ".ndb", ".ldb", ".yar", ".yara")

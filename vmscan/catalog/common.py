@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 TEXT_DB_LIMIT = 64 * 1024 * 1024
 #: Limit for a binary rpm database copied out of the guest.
 RPMDB_LIMIT = 512 * 1024 * 1024
-#: Limit for one registry hive copied out of the guest.
-HIVE_LIMIT = 512 * 1024 * 1024
 
 
 def distro_id(os_info: OSInfo) -> str:

@@ -13,12 +13,13 @@ from vmscan.av.clamd_client import ClamdClient, ClamdConnectionError, ClamdUnava
 from vmscan.av.clamd_manager import ClamdDescriptor, ClamdLimits
 from vmscan.av.engine import ClamdLink, Outcome, RootAvResult, RootScanner, severity_of
 from vmscan.av.magic import parse_scope
-from vmscan.av.signatures import DEFAULT_SIG_DIR, database_digest, load_sha256_signatures
+from vmscan.av.signatures import database_digest, load_sha256_signatures
 from vmscan.completeness import bound
 from vmscan.errors import UsageError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import Finding
 from vmscan.plugins import Check, ScanContext
+from vmscan.sigdir import signatures_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class AntivirusCheck(Check):
             scope = parse_scope(opts.get("av_scope"))
         except ValueError as e:
             raise UsageError(str(e)) from e
-        sig_dir = Path(opts.get("signatures_dir") or DEFAULT_SIG_DIR)
+        sig_dir = signatures_dir(opts)
         if sig_dir.name != "clamav" and (sig_dir / "clamav").is_dir():
             sig_dir = sig_dir / "clamav"
         desc = opts.get("clamd_descriptor")

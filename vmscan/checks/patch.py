@@ -17,12 +17,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from vmscan import eol
+from vmscan import eol, sigdir
 from vmscan.advisories import default_advisories_dir
 from vmscan.advisories.index import Index, ensure_index, open_index
 from vmscan.advisories.match import Ecosystem, Match, guest_ecosystem, match_packages
@@ -56,13 +55,8 @@ LIST_LIMIT = 100
 
 
 def signatures_dir(options: dict[str, Any]) -> Path:
-    """``$VMSCAN_SIGNATURES``, the ``signatures_dir`` option, or the repository's folder."""
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    if env:
-        return Path(env)
-    if options.get("signatures_dir"):
-        return Path(options["signatures_dir"])
-    return Path(__file__).resolve().parent.parent.parent / "signatures"
+    """The signatures folder (see :func:`vmscan.sigdir.signatures_dir`)."""
+    return sigdir.signatures_dir(options)
 
 
 def fingerprint(check: str, rule_id: str, target: str, root: str) -> str:

@@ -22,12 +22,11 @@ from license_expression import AND, OR, ExpressionError, LicenseSymbol, LicenseW
 
 from vmscan.errors import UsageError
 from vmscan.license.spdx_map import licensing
+from vmscan.sigdir import BUNDLED
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLICY = (
-    Path(__file__).resolve().parents[2] / "signatures" / "licenses" / "default-policy.toml"
-)
+DEFAULT_POLICY = BUNDLED / "licenses" / "default-policy.toml"
 
 CATEGORIES = ("forbidden", "restricted", "unknown", "reciprocal", "notice", "permissive")
 

@@ -18,10 +18,12 @@ from typing import Any
 
 from license_expression import ExpressionError, Licensing, get_spdx_licensing
 
+from vmscan.sigdir import BUNDLED
+
 log = logging.getLogger(__name__)
 
 #: Default location of the mapping table (repository layout).
-DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "signatures" / "licenses" / "spdx-names.json"
+DEFAULT_TABLE = BUNDLED / "licenses" / "spdx-names.json"
 
 #: A licence name longer than this (in words) is prose, not a name.
 _MAX_NAME_WORDS = 6

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def default_signatures_dir() -> Path:
-    """$VMSCAN_SIGNATURES or the repository's ``signatures/``."""
-    env = os.environ.get("VMSCAN_SIGNATURES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "signatures"
+    """The signatures folder when the config names none (:func:`vmscan.sigdir.signatures_dir`)."""
+    from vmscan.sigdir import signatures_dir
+
+    return signatures_dir()
 
 
 #: Digest components and the check each belongs to. ``patch:windows`` (the cumulative-update

@@ -100,13 +100,10 @@ def run_lock(db_path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _services(opts: Any) -> Iterator[None]:
-    """vmscan's own clamd for the run, as ``vmscan scan`` does (when the CLI offers it)."""
-    try:
-        from vmscan.cli import _managed_services
-    except ImportError:
-        yield
-        return
-    with _managed_services(opts):
+    """vmscan's own clamd for the run, as ``vmscan scan`` does."""
+    from vmscan.services import managed_services
+
+    with managed_services(opts):
         yield
 
 
