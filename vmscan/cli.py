@@ -29,7 +29,12 @@ from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, now_iso, 
 log = logging.getLogger("vmscan")
 
 # Subcommands implemented in their own modules: (module, required?)
-_COMMAND_MODULES = ("vmscan.commands.nightly", "vmscan.commands.report", "vmscan.commands.diff")
+_COMMAND_MODULES = (
+    "vmscan.commands.nightly",
+    "vmscan.commands.report",
+    "vmscan.commands.diff",
+    "vmscan.fleet.command",  # vmscan worker (issue 13)
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -105,6 +105,9 @@ class NightlyConfig:
     keep_days: float | None = None
     trend_runs: int = 14
     fail_on: str | None = "high"
+    # Fleet (issue 13): a Dask scheduler ("tcp://HOST:8786", "local:N"); None: this host.
+    scheduler: str | None = None
+    fleet_wait_workers: float = 120.0
 
     def digest(self) -> str:
         """sha256 of the settings (paths and options) for the run record."""
@@ -158,6 +161,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "keep_runs": _Key("int", "keep_runs", minimum=1),
         "keep_days": _Key("number", "keep_days", minimum=0),
         "trend_runs": _Key("int", "trend_runs", minimum=1),
+    },
+    "fleet": {
+        "scheduler": _Key("str", "scheduler"),
+        "wait_workers": _Key("number", "fleet_wait_workers", minimum=0),
     },
 }
 
@@ -1187,13 +1194,15 @@ def _execute(
             store(it, result, carried=True, origin=prev.origin_run_id, ident=it.identity)
             outcome.skipped += 1
 
-    def on_image_done(img: ImageResult) -> None:
+    def on_image_done(img: ImageResult, placement: dict[str, Any] | None = None) -> None:
         item = by_source.get(img.source) or by_source.get(os.path.realpath(img.source))
         if item is None or item.source.path in done:
             log.warning("scanner returned an unexpected source %r", img.source)
             return
         result: dict[str, Any] = to_jsonable(img)
         result["source"] = item.source.path
+        if placement is not None:  # fleet: which worker and host scanned it, when, retries
+            result.setdefault("sections", {})["fleet"] = placement
         if item.action == "partial" and item.previous_digest:
             result = _merge_partial(db.load_result(item.previous_digest), result, item.checks)
         finalize_image_dict(result)  # whatever the scan function: status follows plugins
@@ -1244,6 +1253,28 @@ def _execute(
     to_scan = [
         it for it in items if it.action in ("scan", "partial") and it.source.path not in done
     ]
+    if cfg.scheduler:
+        # --- fleet hook (issue 13): one Dask task per image; everything else in vmscan.fleet.
+        from vmscan.fleet import FleetJob
+        from vmscan.fleet.coordinator import run_fleet
+
+        run_fleet(
+            cfg.scheduler,
+            [
+                FleetJob(w.source.path, tuple(w.source.disks) or (w.source.path,), w.checks)
+                for w in to_scan
+            ],
+            lambda checks: make_scan_options(cfg, checks, 1),
+            on_image_done,
+            per_storage=cfg.max_per_storage,
+            wait_workers=cfg.fleet_wait_workers,
+        )
+        for w in to_scan:
+            if w.source.path not in done:
+                store(w, _error_result(w.source.path, "the fleet returned no result"))
+                outcome.failed += 1
+        return
+        # --- end of the fleet hook
     by_checks: dict[tuple[str, ...], list[PlanItem]] = {}
     for it in to_scan:
         by_checks.setdefault(it.checks, []).append(it)
