@@ -1,0 +1,104 @@
+"""Fleet workers without an appliance: storages as resources, one clamd per worker, arguments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmscan.fleet import FleetError, FleetJob, parse_limit, parse_storage
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_storage_arguments() -> None:
+    assert parse_storage("nas1=/srv/../srv/nas1") == ("nas1", os.path.realpath("/srv/nas1"))
+    assert parse_limit("nas1=2") == ("nas1", 2)
+    for bad in ("nas1", "nas1=", "nas1=relative/path", "bad name=/x", "=/x"):
+        with pytest.raises(FleetError):
+            parse_storage(bad)
+    for bad in ("nas1=0", "nas1=x", "nas1"):
+        with pytest.raises(FleetError):
+            parse_limit(bad)
+
+
+def test_longest_storage_folder_wins_and_every_disk_counts(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="needs the fleet extra (vmscan[fleet])")
+    from vmscan.fleet.coordinator import _storages_of
+
+    roots = {"big": {"/srv"}, "fast": {"/srv/fast"}, "other": {"/data"}}
+    assert _storages_of(FleetJob("vm", ("/srv/fast/a.qcow2",), ()), roots) == (("fast",), "")
+    assert _storages_of(FleetJob("vm", ("/srv/slow/a.qcow2",), ()), roots) == (("big",), "")
+    # A VM with disks on two storages needs a worker that reads both.
+    two = FleetJob("vm", ("/srv/fast/a.qcow2", "/data/b.qcow2"), ())
+    assert _storages_of(two, roots) == (("fast", "other"), "")
+    # /srvx is not inside /srv.
+    assert _storages_of(FleetJob("vm", ("/srvx/a.qcow2",), ()), roots) == ((), "/srvx/a.qcow2")
+
+
+def _task_clamd_pid(i: int) -> int | None:
+    from distributed import get_worker
+
+    plugin = get_worker().plugins["vmscan"]
+    return None if plugin.clamd is None else int(plugin.clamd.pid)
+
+
+def test_one_clamd_per_worker_stopped_with_it(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed", reason="needs the fleet extra")
+    from vmscan.av.clamd_manager import find_clamd
+    from vmscan.fleet.worker import advertised, clamd_pid
+
+    if find_clamd() is None:
+        pytest.skip("clamd is not installed (apt-get install clamav-daemon)")
+    cluster = distributed.LocalCluster(
+        n_workers=0, processes=True, dashboard_address=None, host="127.0.0.1"
+    )
+    client = distributed.Client(cluster)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmscan",
+            "worker",
+            cluster.scheduler_address,
+            "--name",
+            "w1",
+            "--storage",
+            f"s1={tmp_path}",
+            "--storage-limit",
+            "s1=3",
+            "--nthreads",
+            "2",
+        ],
+        # The worker unpickles this module's task function by name.
+        env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
+        start_new_session=True,
+    )
+    try:
+        client.wait_for_workers(1, timeout=300)
+        (addr,) = client.scheduler_info(n_workers=-1)["workers"]
+        info: Any = client.scheduler_info(n_workers=-1)["workers"][addr]
+        assert info["resources"] == {"vmscan-storage-s1": 3.0}
+        assert client.run(advertised)[addr]["storages"] == {"s1": str(tmp_path)}
+        pid = client.run(clamd_pid)[addr]
+        assert pid is not None and Path(f"/proc/{pid}/exe").resolve().name == "clamd"
+        # Every task sees the same clamd: started once by the plugin, not per task.
+        futs = [client.submit(_task_clamd_pid, i, pure=False) for i in range(6)]
+        distributed.wait(futs, timeout=120)
+        pids = client.gather(futs)
+        assert set(pids) == {pid}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        client.close()
+        cluster.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists(), "clamd outlived its worker"
