@@ -44,6 +44,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/bench_jobs.py
+	$(PY) benchmarks/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) .cache

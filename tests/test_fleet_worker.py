@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,3 +103,104 @@ def test_one_clamd_per_worker_stopped_with_it(tmp_path: Path) -> None:
     while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
         time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists(), "clamd outlived its worker"
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """One self-signed certificate for 127.0.0.1, used as CA and by every party."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def test_tls_between_scheduler_worker_and_nightly(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed", reason="needs the fleet extra")
+    import dask
+    from distributed.security import Security
+
+    from vmscan.fleet.coordinator import _workers, connect
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = _self_signed(tmp_path)
+    sec = Security(
+        tls_ca_file=str(cert),
+        tls_scheduler_cert=str(cert),
+        tls_scheduler_key=str(key),
+        tls_client_cert=str(cert),
+        tls_client_key=str(key),
+        require_encryption=True,
+    )
+    cluster = distributed.LocalCluster(
+        n_workers=0,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+        protocol="tls",
+        security=sec,
+    )
+    address = cluster.scheduler_address
+    assert address.startswith("tls://")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmscan",
+            "worker",
+            address,
+            "--name",
+            "w1",
+            "--no-clamd",
+            "--storage",
+            f"s1={tmp_path}",
+            "--tls-ca-file",
+            str(cert),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    try:
+        # The nightly's client: TLS from Dask's configuration (the systemd drop-in's
+        # DASK_DISTRIBUTED__COMM__TLS__* variables), nothing in vmscan's own config.
+        tls = {
+            "distributed.comm.tls.ca-file": str(cert),
+            "distributed.comm.tls.client.cert": str(cert),
+            "distributed.comm.tls.client.key": str(key),
+            "distributed.comm.require-encryption": True,
+        }
+        with dask.config.set(tls), connect(address, []) as client:
+            client.wait_for_workers(1, timeout=120)
+            (info,) = _workers(client).values()
+            assert info["storages"] == {"s1": str(tmp_path)}
+        # A plain (unencrypted) client gets no connection.
+        with pytest.raises((OSError, TimeoutError)):
+            distributed.Client(address.replace("tls://", "tcp://"), timeout=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        cluster.close()
