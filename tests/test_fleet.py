@@ -243,3 +243,91 @@ def test_worker_killed_mid_image(fleet: dict[str, Any]) -> None:
     assert images["b1.qcow2"]["sections"]["fleet"]["worker_name"] == "wb"
     assert images["b1.qcow2"]["status"] != "error"
     assert out.scanned + out.failed == 3
+
+
+def test_worker_refuses_a_path_outside_its_storage(fleet: dict[str, Any]) -> None:
+    # Even when a task reaches it (here forced with the resource), a worker opens nothing
+    # outside its folders: no appliance is started for this.
+    from vmscan.fleet import FleetJob
+    from vmscan.fleet.worker import scan_task
+    from vmscan.scanner import ScanOptions
+
+    outside = str(fleet["folders"]["nas-b"] / "b1.qcow2")
+    fut = fleet["client"].submit(
+        scan_task,
+        FleetJob(outside, (outside,), ("migration",)),
+        ("nas-a",),
+        ScanOptions(checks=("migration",)),
+        resources={"vmscan-storage-nas-a": 1},
+        pure=False,
+    )
+    img, where = fut.result(timeout=120)
+    assert where["worker_name"] == "wa"
+    assert img.status == "error" and "does not read" in img.errors[0], img.errors
+
+
+def test_storage_whose_only_worker_died_is_reported(fleet: dict[str, Any]) -> None:
+    # wc alone reads nas-c and has no nanny: SIGKILLed mid-image, nobody can take the
+    # image again, and the run reports it after wait_workers instead of waiting for ever.
+    client = fleet["client"]
+    wc = _start_worker(
+        fleet["address"],
+        "wc",
+        "--storage",
+        f"nas-c={fleet['folders']['nas-c']}",
+        "--no-clamd",
+        "--no-nanny",
+    )
+    try:
+        _wait_workers(client, {"wc"})
+        cfg_path = _config(fleet, "orphan", [str(fleet["folders"]["nas-c"] / "c1.qcow2")])
+        cfg_path.write_text(cfg_path.read_text().replace("wait_workers = 30", "wait_workers = 5"))
+
+        def killer() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                addr = _wait_workers(client, {"wc"}, 60)["wc"]
+                if client.processing(workers=[addr]).get(addr):
+                    time.sleep(2)
+                    os.killpg(wc.pid, signal.SIGKILL)
+                    return
+                time.sleep(0.3)
+
+        t = threading.Thread(target=killer, daemon=True)
+        t.start()
+        out = run_nightly(load_config(cfg_path))
+        t.join(5)
+    finally:
+        _stop(wc)
+    (img,) = _images(cfg_path).values()
+    assert img["status"] == "error"
+    assert "no worker that reads storage nas-c" in img["errors"][0], img["errors"]
+    assert out.failed == 1
+
+
+def test_cli_scheduler_local(fleet: dict[str, Any], tmp_path: Path) -> None:
+    # `--scheduler local:1` on the command line: a LocalCluster of one worker process.
+    cfg_path = _config(fleet, "local", [str(fleet["folders"]["nas-a"] / "a1.qcow2")])
+    cfg_path.write_text(cfg_path.read_text().split("[fleet]")[0])  # no scheduler in the file
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmscan",
+            "nightly",
+            "--config",
+            str(cfg_path),
+            "--scheduler",
+            "local:1",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (img,) = _images(cfg_path).values()
+    where = img["sections"]["fleet"]
+    assert img["status"] != "error", img["errors"]
+    assert where["storages"] == {"local-1": str(fleet["folders"]["nas-a"])}

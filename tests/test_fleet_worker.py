@@ -204,3 +204,58 @@ def test_tls_between_scheduler_worker_and_nightly(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         cluster.close()
+
+
+def test_plain_dask_worker_with_the_preload(tmp_path: Path) -> None:
+    # `dask worker --preload vmscan.fleet.worker --vmscan-storage NAME=PATH` is the same
+    # worker as `vmscan worker` (for sites that already run Dask workers their own way).
+    distributed = pytest.importorskip("distributed", reason="needs the fleet extra")
+    from vmscan.fleet.worker import advertised
+
+    dask_cli = Path(sys.executable).with_name("dask")
+    if not dask_cli.exists():
+        pytest.skip(f"{dask_cli} not installed")
+    cluster = distributed.LocalCluster(
+        n_workers=0, processes=True, dashboard_address=None, host="127.0.0.1"
+    )
+    client = distributed.Client(cluster)
+    proc = subprocess.Popen(
+        [
+            str(dask_cli),
+            "worker",
+            cluster.scheduler_address,
+            "--nthreads",
+            "2",
+            "--no-dashboard",
+            "--preload",
+            "vmscan.fleet.worker",
+            "--vmscan-storage",
+            f"s1={tmp_path}",
+            "--vmscan-storage-limit",
+            "s1=2",
+            "--vmscan-no-clamd",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO), "DASK_DISTRIBUTED__WORKER__DAEMON": "False"},
+        start_new_session=True,
+    )
+    try:
+        client.wait_for_workers(1, timeout=120)
+        ((addr, info),) = client.scheduler_info(n_workers=-1)["workers"].items()
+        assert info["resources"] == {"vmscan-storage-s1": 2.0}
+        assert client.run(advertised)[addr]["storages"] == {"s1": str(tmp_path)}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        client.close()
+        cluster.close()
+
+
+def test_bad_scheduler_is_a_usage_error(tmp_path: Path) -> None:
+    pytest.importorskip("distributed", reason="needs the fleet extra")
+    from vmscan.cli import main
+
+    cfg = tmp_path / "vmscan.toml"
+    cfg.write_text(f'[images]\npaths = ["{tmp_path}"]\n[state]\ndatabase = "{tmp_path}/s.db"\n')
+    for bad in ("local:0", "local:x", "8786", "http://host:8786"):
+        assert main(["nightly", "--config", str(cfg), "--scheduler", bad]) == 3
+    assert not (tmp_path / "s.db").exists()  # refused before anything ran

@@ -69,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
                 "a scheduler is set but the fleet extra is not installed: "
                 "pip install 'vmscan[fleet]'"
             ) from exc
+        from vmscan.fleet import FleetError, check_scheduler
+
+        try:
+            check_scheduler(cfg.scheduler)
+        except FleetError as exc:
+            raise UsageError(str(exc)) from exc
     if args.dry_run:
         items = nightly.dry_run(cfg)
         for it in items:

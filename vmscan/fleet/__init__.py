@@ -23,6 +23,21 @@ class FleetError(ValueError):
     """A bad --storage / --storage-limit / --scheduler value (a usage error)."""
 
 
+def check_scheduler(value: str) -> str:
+    """``tcp://HOST:PORT``, ``tls://HOST:PORT`` (or another Dask protocol), or ``local:N``."""
+    if value.startswith("local:"):
+        num = value.partition(":")[2]
+        if not num.isdigit() or int(num) < 1:
+            raise FleetError(f"scheduler local:N wants N >= 1, got {value[:100]!r}")
+        return value
+    scheme, sep, rest = value.partition("://")
+    if not sep or not rest or scheme not in ("tcp", "tls", "ws", "wss", "ucx", "inproc"):
+        raise FleetError(
+            f"scheduler must be tcp://HOST:PORT, tls://HOST:PORT or local:N, got {value[:100]!r}"
+        )
+    return value
+
+
 def resource_name(storage: str) -> str:
     """The Dask resource for one storage name."""
     return RESOURCE_PREFIX + storage

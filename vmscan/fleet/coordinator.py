@@ -94,7 +94,10 @@ def connect(
                     host="127.0.0.1",
                     preload=["vmscan.fleet.worker"],
                     preload_argv=preload_argv(
-                        storages, dict.fromkeys(storages, per_storage), clamd=True
+                        storages,
+                        dict.fromkeys(storages, per_storage),
+                        # No clamd for a night without the antivirus check.
+                        clamd=any("antivirus" in j.checks for j in jobs),
                     ),
                 )
             )
