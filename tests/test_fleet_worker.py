@@ -259,3 +259,45 @@ def test_bad_scheduler_is_a_usage_error(tmp_path: Path) -> None:
     for bad in ("local:0", "local:x", "8786", "http://host:8786"):
         assert main(["nightly", "--config", str(cfg), "--scheduler", bad]) == 3
     assert not (tmp_path / "s.db").exists()  # refused before anything ran
+
+
+def test_scheduler_down_every_image_not_scanned(tmp_path: Path) -> None:
+    # Nobody listens: each image is stored as not scanned, with the reason; the run
+    # completes with exit code 2 (no appliance is started).
+    pytest.importorskip("distributed", reason="needs the fleet extra")
+    import json
+    import socket
+
+    from vmscan.cli import main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(imgs / "a.qcow2"), "1M"],
+        check=True,
+        timeout=60,
+    )
+    with socket.socket() as s:  # a free port, closed again: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "vmscan.toml"
+    cfg.write_text(
+        f"""[images]
+paths = ["{imgs}"]
+[scan]
+checks = ["migration"]
+[state]
+database = "{tmp_path}/s.db"
+[reports]
+dir = "{tmp_path}/reports"
+formats = ["json"]
+[fleet]
+scheduler = "tcp://127.0.0.1:{port}"
+wait_workers = 3
+"""
+    )
+    assert main(["nightly", "--config", str(cfg)]) == 2
+    report = json.loads((tmp_path / "reports" / "latest" / "report.json").read_text())
+    (img,) = report["images"]
+    assert img["status"] == "error"
+    assert "cannot reach the scheduler" in img["errors"][0], img["errors"]

@@ -160,7 +160,26 @@ def run_fleet(
     summary = FleetSummary()
     if not jobs:
         return summary
-    with connect(scheduler, jobs, per_storage=per_storage) as client:
+    with contextlib.ExitStack() as stack:
+        try:
+            client = stack.enter_context(
+                connect(scheduler, jobs, per_storage=per_storage, timeout=max(wait_workers, 5))
+            )
+        except (OSError, TimeoutError) as exc:
+            # Nothing could be sent: every image is "not scanned", stored as such, and the
+            # run completes (exit 2) instead of dying with the scheduler.
+            log.error("fleet: cannot reach the scheduler %s: %s", scheduler, exc)
+            for j in jobs:
+                summary.unreachable += 1
+                on_done(
+                    _error(
+                        j.source,
+                        f"not scanned: cannot reach the scheduler {scheduler}: "
+                        f"{type(exc).__name__}: {exc}",
+                    ),
+                    {"unreachable": True},
+                )
+            return summary
         try:
             client.wait_for_workers(1, timeout=wait_workers)
         except (TimeoutError, OSError) as exc:
