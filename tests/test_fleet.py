@@ -233,6 +233,7 @@ def test_worker_killed_mid_image(fleet: dict[str, Any]) -> None:
     retried = [n for n, i in images.items() if (i["sections"].get("fleet") or {}).get("retries")]
     failed = [n for n, i in images.items() if i["status"] == "error"]
     assert retried or failed, images
+    print(f"killed worker {killed}: retried {retried}, failed {failed}")
     for n in failed:  # failed only with a reason that says the worker died
         assert "died" in images[n]["errors"][0], images[n]["errors"]
     for n in retried:
