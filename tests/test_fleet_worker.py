@@ -301,3 +301,71 @@ wait_workers = 3
     (img,) = report["images"]
     assert img["status"] == "error"
     assert "cannot reach the scheduler" in img["errors"][0], img["errors"]
+
+
+def test_worker_with_other_advisories_does_not_scan(tmp_path: Path) -> None:
+    # The state database records the coordinator's advisory digest with each result: a
+    # worker whose advisories differ must not scan (no appliance is started).
+    distributed = pytest.importorskip("distributed", reason="needs the fleet extra")
+    import json
+
+    from vmscan.nightly import load_config, run_nightly
+
+    sig = tmp_path / "sig"
+    shutil.copytree(REPO / "signatures", sig, ignore=shutil.ignore_patterns("index.sqlite*"))
+    (sig / "eol.json").write_text((sig / "eol.json").read_text() + "\n")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(imgs / "a.qcow2"), "1M"],
+        check=True,
+        timeout=60,
+    )
+    cluster = distributed.LocalCluster(
+        n_workers=0, processes=True, dashboard_address=None, host="127.0.0.1"
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmscan",
+            "worker",
+            cluster.scheduler_address,
+            "--name",
+            "old",
+            "--no-clamd",
+            "--storage",
+            f"s1={imgs}",
+            "--signatures-dir",
+            str(sig),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    cfg = tmp_path / "vmscan.toml"
+    cfg.write_text(
+        f"""[images]
+paths = ["{imgs}"]
+[scan]
+checks = ["patch"]
+[state]
+database = "{tmp_path}/s.db"
+[reports]
+dir = "{tmp_path}/reports"
+formats = ["json"]
+[fleet]
+scheduler = "{cluster.scheduler_address}"
+wait_workers = 120
+"""
+    )
+    try:
+        out = run_nightly(load_config(cfg))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        cluster.close()
+    report = json.loads((tmp_path / "reports" / "latest" / "report.json").read_text())
+    (img,) = report["images"]
+    assert img["status"] == "error" and out.failed == 1
+    assert "has other advisories than the coordinator" in img["errors"][0], img["errors"]
+    assert img["sections"]["fleet"]["worker_name"] == "old"

@@ -1268,6 +1268,7 @@ def _execute(
             on_image_done,
             per_storage=cfg.max_per_storage,
             wait_workers=cfg.fleet_wait_workers,
+            digests=digests,
         )
         for w in to_scan:
             if w.source.path not in done:

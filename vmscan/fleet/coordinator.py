@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 OnDone = Callable[[ImageResult, dict[str, Any]], None]
 _REASON_MAX = 600
+#: Which data digest each check depends on (as the nightly's state database records them).
+_DIGEST_CHECKS = {"signatures": "antivirus", "advisories": "patch"}
 
 
 @dataclass
@@ -155,8 +157,13 @@ def run_fleet(
     per_storage: int = 1,
     wait_workers: float = 120.0,
     poll: float = 2.0,
+    digests: dict[str, str] | None = None,
 ) -> FleetSummary:
-    """Scan *jobs* on the fleet; ``on_done(result, where)`` per image as it finishes."""
+    """Scan *jobs* on the fleet; ``on_done(result, where)`` per image as it finishes.
+
+    *digests*: the nightly's signature/advisory digests (``signatures``, ``advisories``),
+    which every worker must have too for the checks it runs.
+    """
     summary = FleetSummary()
     if not jobs:
         return summary
@@ -206,6 +213,18 @@ def run_fleet(
             len(workers),
             {n: sorted(p) for n, p in roots.items()},
         )
+        for addr, w in workers.items():
+            differ = sorted(
+                k for k, v in (digests or {}).items() if (w.get("digests") or {}).get(k) != v
+            )
+            if differ:
+                log.warning(
+                    "fleet: worker %s (%s) has other %s than this host: its images are "
+                    "reported not scanned",
+                    addr,
+                    w.get("host"),
+                    " and ".join(differ),
+                )
         opts_by_checks: dict[tuple[str, ...], Any] = {}
         pending: dict[Future[Any], tuple[FleetJob, tuple[str, ...]]] = {}
         for j in jobs:
@@ -225,11 +244,13 @@ def run_fleet(
             opts = opts_by_checks.get(j.checks)
             if opts is None:
                 opts = opts_by_checks[j.checks] = make_opts(j.checks)
+            wanted = {k: v for k, v in (digests or {}).items() if _DIGEST_CHECKS.get(k) in j.checks}
             fut = client.submit(
                 scan_task,
                 j,
                 names,
                 opts,
+                wanted,
                 resources={resource_name(n): 1 for n in names},
                 pure=False,
                 key=f"vmscan-scan-{summary.submitted}-{os.path.basename(j.source)[:80]}",

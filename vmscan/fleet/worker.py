@@ -76,6 +76,7 @@ class VmscanWorker(WorkerPlugin):
         self.host = socket.gethostname()
         self.clamd: Any = None
         self._tmp: str | None = None
+        self.digests: dict[str, str] = {}
 
     def setup(self, worker: Worker) -> None:
         """Compile the advisory index and start clamd (once, for every task of this worker)."""
@@ -87,6 +88,7 @@ class VmscanWorker(WorkerPlugin):
             from vmscan.advisories import prepare
 
             prepare(self.options)
+        self.digests = _data_digests(sig)
         if self.clamd_address:
             self.options["clamd"] = self.clamd_address
         elif not self.want_clamd:
@@ -129,6 +131,17 @@ class VmscanWorker(WorkerPlugin):
             self._tmp = None
 
 
+def _data_digests(sig: Path) -> dict[str, str]:
+    """This host's signature and advisory digests, computed as the nightly computes its own."""
+    try:
+        from vmscan.nightly import NightlyConfig, data_digests
+
+        return data_digests(NightlyConfig(path=sig, signatures_dir=str(sig)))
+    except Exception as exc:  # a digest that cannot be made: compared as unknown
+        log.warning("cannot compute the data digests of %s: %s", sig, exc)
+        return {}
+
+
 def _plugin(worker: Worker | None = None) -> VmscanWorker:
     plugin = (worker or get_worker()).plugins.get(PLUGIN_NAME)
     if not isinstance(plugin, VmscanWorker):
@@ -142,7 +155,12 @@ def _plugin(worker: Worker | None = None) -> VmscanWorker:
 def advertised(dask_worker: Worker) -> dict[str, Any]:
     """What this worker reads (``client.run`` on every worker by the coordinator)."""
     plugin = _plugin(dask_worker)
-    return {"host": plugin.host, "storages": plugin.storages, "limits": plugin.limits}
+    return {
+        "host": plugin.host,
+        "storages": plugin.storages,
+        "limits": plugin.limits,
+        "digests": plugin.digests,
+    }
 
 
 def clamd_pid(dask_worker: Worker) -> int | None:
@@ -161,9 +179,17 @@ def _iso(ts: float) -> str:
 
 
 def scan_task(
-    job: FleetJob, storages: tuple[str, ...], opts: Any
+    job: FleetJob,
+    storages: tuple[str, ...],
+    opts: Any,
+    digests: dict[str, str] | None = None,
 ) -> tuple[ImageResult, dict[str, Any]]:
-    """Scan one image on this worker; the result and where/when it was scanned."""
+    """Scan one image on this worker; the result and where/when it was scanned.
+
+    *digests* are the coordinator's signature/advisory digests for the checks of this
+    job: the state database records them with the result, so a worker whose data differ
+    does not scan (its result would be stored as made with data it was not made with).
+    """
     from vmscan import SCHEMA_VERSION, __version__, pool, runctl, scanner
 
     worker = get_worker()
@@ -181,7 +207,17 @@ def scan_task(
     outside = [
         d for d in job.disks if not any(under(d, plugin.storages.get(n, "\0")) for n in storages)
     ]
-    if outside:
+    differ = sorted(k for k, v in (digests or {}).items() if plugin.digests.get(k) != v)
+    if differ:
+        res = ImageResult(
+            source=job.source,
+            status=ImageStatus.ERROR,
+            errors=[
+                f"not scanned: worker {plugin.host} ({worker.address}) has other "
+                f"{' and '.join(differ)} than the coordinator; update its signatures folder"
+            ],
+        )
+    elif outside:
         res = ImageResult(
             source=job.source,
             status=ImageStatus.ERROR,
