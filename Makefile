@@ -24,7 +24,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml .cache/system.stamp
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,fleet]'
 	$(PY) -c 'import guestfs' || { echo "python3-guestfs is not importable from $(VENV)" >&2; exit 1; }
 	@touch $@
 
@@ -48,6 +48,7 @@ bench: setup
 	$(PY) benchmarks/bench_jobs.py
 	$(PY) benchmarks/bench_nightly.py
 	$(PY) benchmarks/bench_datapath.py
+	$(PY) benchmarks/bench_fleet.py
 
 clean:
 	rm -rf $(VENV) .cache

@@ -33,7 +33,12 @@ from vmscan.services import managed_services
 log = logging.getLogger("vmscan")
 
 # Subcommands implemented in their own modules: (module, required?)
-_COMMAND_MODULES = ("vmscan.commands.nightly", "vmscan.commands.report", "vmscan.commands.diff")
+_COMMAND_MODULES = (
+    "vmscan.commands.nightly",
+    "vmscan.commands.report",
+    "vmscan.commands.diff",
+    "vmscan.fleet.command",  # vmscan worker (issue 13)
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -33,6 +33,12 @@ def add_parser(subparsers: Any) -> None:
         metavar="FILE",
         help="write a Prometheus textfile (node_exporter textfile collector)",
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="scan on a Dask fleet: tcp://HOST:8786 (vmscan worker per host) or local:N "
+        "(overrides [fleet] scheduler; needs the fleet extra)",
+    )
     p.set_defaults(run=run)
 
 
@@ -51,6 +57,24 @@ def run(args: argparse.Namespace) -> int:
     from vmscan import nightly
 
     cfg = nightly.load_config(args.config)  # ConfigError (usage, 3) before anything is scanned
+    if getattr(args, "scheduler", None):
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, scheduler=args.scheduler)
+    if cfg.scheduler:
+        try:
+            import distributed  # noqa: F401
+        except ImportError as exc:
+            raise UsageError(
+                "a scheduler is set but the fleet extra is not installed: "
+                "pip install 'vmscan[fleet]'"
+            ) from exc
+        from vmscan.fleet import FleetError, check_scheduler
+
+        try:
+            check_scheduler(cfg.scheduler)
+        except FleetError as exc:
+            raise UsageError(str(exc)) from exc
     if args.dry_run:
         items = nightly.dry_run(cfg)
         for it in items:

@@ -34,6 +34,9 @@ class NightlyConfig:
     libvirt_xml_dirs: tuple[str, ...] = ()
     # libvirt connections whose domains (running and shut off) are scanned.
     libvirt_uris: tuple[str, ...] = ()
+    # Fleet (issue 13): a Dask scheduler ("tcp://HOST:8786", "local:N"); None: this host.
+    scheduler: str | None = None
+    fleet_wait_workers: float = 120.0
     exclude: tuple[str, ...] = ()
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     recursive: bool = False
@@ -106,6 +109,10 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
         "clamd": _Key("str", "clamd"),
         "license_policy": _Key("str", "license_policy", path=True),
+    },
+    "fleet": {
+        "scheduler": _Key("str", "scheduler"),
+        "wait_workers": _Key("number", "fleet_wait_workers", minimum=0),
     },
     "limits": {
         "jobs": _Key("int", "jobs", minimum=1),

@@ -237,7 +237,7 @@ def _execute(
 
     errors_before = outcome.failed  # sources that were errors before any scan
 
-    def on_image_done(img: ImageResult) -> None:
+    def on_image_done(img: ImageResult, placement: dict[str, Any] | None = None) -> None:
         item = by_source.get(img.source) or by_source.get(os.path.realpath(img.source))
         if item is None or item.source.path in done:
             log.warning("scanner returned an unexpected source %r", img.source)
@@ -248,6 +248,8 @@ def _execute(
         if base is None and item.action == "partial" and item.previous_digest:
             base = db.load_result(item.previous_digest)
         result, ident = image_result(cfg, item, img, base)
+        if placement is not None:  # fleet: which worker and host scanned it, when, retries
+            result.setdefault("sections", {})["fleet"] = placement
         if result.get("status") == "error":
             outcome.failed += 1
             log.error("%s: %s", item.source.path, "; ".join(result.get("errors") or []) or "error")
@@ -286,6 +288,29 @@ def _execute(
     to_scan = [
         it for it in items if it.action in ("scan", "partial") and it.source.path not in done
     ]
+    if cfg.scheduler:
+        # --- fleet hook (issue 13): one Dask task per image; everything else in vmscan.fleet.
+        from vmscan.fleet import FleetJob
+        from vmscan.fleet.coordinator import run_fleet
+
+        run_fleet(
+            cfg.scheduler,
+            [
+                FleetJob(w.source.path, tuple(w.source.disks) or (w.source.path,), w.checks)
+                for w in to_scan
+            ],
+            lambda checks: make_scan_options(cfg, checks, 1),
+            on_image_done,
+            per_storage=cfg.max_per_storage,
+            wait_workers=cfg.fleet_wait_workers,
+            digests=digests,
+        )
+        for w in to_scan:
+            if w.source.path not in done:
+                store(w, _error_result(w.source.path, "the fleet returned no result"))
+                outcome.failed += 1
+        return
+        # --- end of the fleet hook
     by_checks: dict[tuple[tuple[str, ...], str], list[PlanItem]] = {}
     for it in to_scan:
         by_checks.setdefault((it.checks, it.av_scope), []).append(it)
