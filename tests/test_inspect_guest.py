@@ -66,7 +66,9 @@ def _errors(img: dict[str, Any]) -> str:
 def test_every_case_finished_inside_its_limit(run: dict[str, Any]) -> None:
     for name, img in run["images"].items():
         assert "time limit" not in _errors(img), (name, img["errors"])
-        assert "internal error" not in _errors(img), (name, img["errors"])
+        # vmscan's own crash line (libguestfs' quoted "internal error" of a hivex failure is
+        # the truncated hive's message, not ours).
+        assert not any(e.startswith("internal error") for e in img["errors"]), (name, img)
     assert run["unchanged"]
     assert list(Path(run["tmp"]).iterdir()) == []
 
