@@ -2,7 +2,10 @@
 
 Each image runs in a forked worker with its own process group (started and killed by
 :mod:`vmscan.pool`), its own ``TMPDIR`` in the run's folder (:mod:`vmscan.runctl`), and
-the image's whole time budget, host-side vetting included.
+the image's whole time budget, host-side vetting included. Inspection is
+:mod:`vmscan.inspect`, the plugin loop :func:`vmscan.plugins.run_plugins`; what stays here
+is the order of one image's phases (vet, launch, facts, inspect, mount, walk and hash,
+plugins, cache) and of many images.
 """
 
 from __future__ import annotations

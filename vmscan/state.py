@@ -1,4 +1,8 @@
-"""SQLite state database: runs, per-image results, check caches (WAL, versioned schema)."""
+"""SQLite state database: runs, per-image results, check caches (WAL, versioned schema).
+
+Past 600 lines on purpose: the schema, its migrations and every query on it live together
+so that a change of a table and of the code that reads it are one change.
+"""
 
 from __future__ import annotations
 

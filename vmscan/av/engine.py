@@ -12,6 +12,11 @@ through tar, is sniffed on the host and only in-scope ones are sent to clamd. Th
 are kept per SHA-256 in the state database (``av_filekinds``), so the next scan excludes
 out-of-scope files inside the appliance. Files too large for clamd are sniffed with one
 ``pread`` each (few) so that they are reported out of scope rather than not scanned.
+
+Past 600 lines on purpose: :class:`RootScanner` is one pipeline over one stream (hash
+matches, the verdict cache, the exclude list, the tar members, the clamd streams in
+flight and what each file's outcome is); its parts share the per-root state and split
+apart they would pass it all back and forth. The stream itself is :mod:`vmscan.stream`.
 """
 
 from __future__ import annotations
