@@ -257,6 +257,30 @@ class LibguestfsFS:
             return sorted(self.g.ls(path))
         except GuestNotFoundError:
             return []
+        except UnicodeDecodeError:
+            # A name that is not UTF-8: the binding cannot decode the list. Such names
+            # cannot be passed back to libguestfs either, so only the others are
+            # returned; the content stream (tar, bytes) reads the rest.
+            return self._utf8_names(path)
+
+    def _utf8_names(self, path: str) -> list[str]:
+        with tempfile.TemporaryDirectory(prefix="vmscan-ls-") as tmp:
+            out = os.path.join(tmp, "ls0")
+            try:
+                self.g.ls0(path, out)
+            except GuestNotFoundError:
+                return []
+            with open(out, "rb") as fh:
+                raw = fh.read(DEFAULT_READ_LIMIT)
+        names = []
+        for name in raw.split(b"\0"):
+            if not name:
+                continue
+            try:
+                names.append(name.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+        return sorted(names)
 
     def _read_error(self, path: str, e: GuestError) -> VmscanError:
         # A dead appliance is not an unreadable file: callers must not skip over it.

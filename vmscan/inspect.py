@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmscan.completeness import bound
-from vmscan.errors import GuestError, VmscanError
+from vmscan.errors import ApplianceDiedError, GuestError, VmscanError
 from vmscan.guestfs_view import GuestFS, LibguestfsFS, read_text
 from vmscan.model import OSInfo
 
@@ -535,6 +535,12 @@ def own_look(
             root = look_linux(fs, f["device"]) or look_windows(fs, f["device"])
             if root is not None and root.os.type == "linux":
                 root.evidence["fstab_cut"] = fstab_mountpoints(fs, root, facts, limits)
+        except ApplianceDiedError:
+            raise
+        except (GuestError, VmscanError, UnicodeError) as e:
+            # One hostile filesystem never stops the look at the others.
+            log.info("own inspection of %s: %s", f["device"], e)
+            root = None
         finally:
             sess.umount_all()
         if root is not None:
