@@ -162,12 +162,12 @@ def test_inspect_os_deadline_kills_and_the_own_look_takes_over() -> None:
 
     image = fixtures.build("debian-lvm", "qcow2")
     with GuestSession([DiskRef(str(image), "qcow2")]) as sess:
-        old_pid = sess.g.get_pid()
+        old_pid = sess.h.get_pid()
         with pytest.raises(inspect.InspectTimeout, match="did not finish in 0 s"):
-            inspect.inspect_os_with_deadline(sess.g, 0.01)
+            inspect.inspect_os_with_deadline(sess.h, 0.01)
         sess.restart()
-        assert sess.g.get_pid() != old_pid
-        facts = inspect.image_facts(sess.g)
+        assert sess.h.get_pid() != old_pid
+        facts = inspect.image_facts(sess.h)
         found, skipped = inspect.own_look(sess, facts)
     assert skipped == []
     (root,) = found
