@@ -70,7 +70,10 @@ def test_every_case_finished_inside_its_limit(run: dict[str, Any]) -> None:
         # the truncated hive's message, not ours).
         assert not any(e.startswith("internal error") for e in img["errors"]), (name, img)
     assert run["unchanged"]
-    assert list(Path(run["tmp"]).iterdir()) == []
+    # Nothing left but libguestfs' appliance cache, which is meant to persist (README,
+    # Safety: it lives in TMPDIR when LIBGUESTFS_CACHEDIR is unset, as libguestfs does).
+    left = [p for p in Path(run["tmp"]).iterdir() if not p.name.startswith(".guestfs-")]
+    assert left == []
 
 
 def test_gpt_of_128_empty_partitions(run: dict[str, Any]) -> None:
