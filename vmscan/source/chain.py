@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,18 +203,8 @@ def vet_disk(
     layers: list[tuple[str, str]] = []
     described: list[DiskLayer] = []
     snaps: tuple[Snapshot, ...] = ()
-    path, layer_fmt = src.real, top_fmt
     virtual_size: int | None = None
-    for depth in range(MAX_CHAIN + 1):
-        if depth == MAX_CHAIN:
-            raise v.refuse(f"its backing chain is longer than {MAX_CHAIN} files")
-        st = os.stat(path)
-        v.seen[(st.st_dev, st.st_ino)] = path
-        owner = "the image" if depth == 0 else f"backing layer {depth} ({path})"
-        layer = headers.parse_layer(path, layer_fmt)
-        if layer.refusal:
-            named = "; it names " + ", ".join(repr(p.name) for p in layer.parts[:4])
-            raise v.refuse(f"{owner}: {layer.refusal}" + (named if layer.parts else ""))
+    for depth, path, layer_fmt, layer, owner in _layers(v, src.real, top_fmt):
         vetted = {os.path.realpath(path)}
         _vet_parts(v, layer.parts, path, owner, vetted, 0)
         # qemu-img info opens the layer's own files (extents, data file: vetted above) but
@@ -229,12 +220,8 @@ def vet_disk(
                 differs = snapshot_cross_check(snaps, info)
                 if differs:
                     raise v.refuse(f"qemu-img disagrees with vmscan about {owner}: {differs}")
-        ref = layer.backing
-        if ref is None:
-            break
-        bpath, recorded = _backing_layer(v, ref, path, owner)
-        chain.append(os.path.realpath(bpath))
-        path, layer_fmt = bpath, recorded
+        if depth > 0:
+            chain.append(os.path.realpath(path))
     # qemu-img check opens the whole backing chain: only once every layer is vetted.
     for lpath, lfmt in layers:
         if lfmt in _CHECKABLE:
@@ -277,18 +264,10 @@ def chain_files(
         explicit=[os.path.realpath(a) for a in allow_backing],
         budget=Budget(None),
     )
-    path, layer_fmt = src.real, _detect(src.real, label, fmt)
     out: list[ChainFile] = []
     listed: set[str] = set()
-    for depth in range(MAX_CHAIN + 1):
-        if depth == MAX_CHAIN:
-            raise v.refuse(f"its backing chain is longer than {MAX_CHAIN} files")
-        st = os.stat(path)
-        v.seen[(st.st_dev, st.st_ino)] = path
-        owner = "the image" if depth == 0 else f"backing layer {depth} ({path})"
-        layer = headers.parse_layer(path, layer_fmt)
-        if layer.refusal:
-            raise v.refuse(f"{owner}: {layer.refusal}")
+    start = _detect(src.real, label, fmt)
+    for depth, path, layer_fmt, layer, owner in _layers(v, src.real, start):
         real = os.path.realpath(path)
         out.append(ChainFile(real, depth, "layer", layer_fmt))
         listed.add(real)
@@ -298,10 +277,32 @@ def chain_files(
             if ppath not in listed:  # a monolithicSparse VMDK names itself
                 listed.add(ppath)
                 out.append(ChainFile(ppath, depth, kind, ""))
-        if layer.backing is None:
-            break
-        path, layer_fmt = _backing_layer(v, layer.backing, path, owner)
     return out
+
+
+def _layers(
+    v: _Vetting, path: str, layer_fmt: str
+) -> Iterator[tuple[int, str, str, headers.Layer, str]]:
+    """(depth, path, format, parsed header, owner) of each layer, the image first.
+
+    The one walk of a chain (the scan's vetting and the nightly's identity): loops and
+    depth bounded, each header parsed and refused as a whole, each backing file vetted
+    before it is read. Callers vet each layer's parts before asking for the next.
+    """
+    for depth in range(MAX_CHAIN + 1):
+        if depth == MAX_CHAIN:
+            raise v.refuse(f"its backing chain is longer than {MAX_CHAIN} files")
+        st = os.stat(path)
+        v.seen[(st.st_dev, st.st_ino)] = path
+        owner = "the image" if depth == 0 else f"backing layer {depth} ({path})"
+        layer = headers.parse_layer(path, layer_fmt)
+        if layer.refusal:
+            named = "; it names " + ", ".join(repr(p.name) for p in layer.parts[:4])
+            raise v.refuse(f"{owner}: {layer.refusal}" + (named if layer.parts else ""))
+        yield depth, path, layer_fmt, layer, owner
+        if layer.backing is None:
+            return
+        path, layer_fmt = _backing_layer(v, layer.backing, path, owner)
 
 
 def _backing_layer(v: _Vetting, ref: Ref, path: str, owner: str) -> tuple[str, str]:
