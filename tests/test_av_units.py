@@ -98,6 +98,13 @@ def test_build_excludes_folds_folders() -> None:
     assert ex == ["./etc/skip", "./etc/sub", "./odd\\*name", "./usr"]
 
 
+def test_build_excludes_never_excludes_a_folder_entry_holding_kept_files() -> None:
+    # A folder the walk cut short is a manifest entry of its own (vmscan.walk).
+    cut = FileEntry("/dev/sda1", "/wide", 0, 0, 0, 0, 0, None, error="not walked")
+    entries = [cut, _entry("/wide/a"), _entry("/wide/b"), _entry("/deep/x")]
+    assert build_excludes(entries, {"/wide/a"}) == ["./deep", "./wide/b"]
+
+
 def test_build_excludes_budget_prefers_big_files() -> None:
     entries = [_entry(f"/k/small{i}", size=1) for i in range(50)] + [
         _entry("/k/big", size=10**9),

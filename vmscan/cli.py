@@ -29,6 +29,7 @@ from vmscan.report.formats import ReportFormat, choose_format
 from vmscan.report.table import write_table
 from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, now_iso, scan_sources
 from vmscan.services import managed_services
+from vmscan.walk import WalkLimits
 
 log = logging.getLogger("vmscan")
 
@@ -152,6 +153,18 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rehash", action="store_true", help="re-read every file, even with a valid cached hash"
+    )
+    p.add_argument(
+        "--max-depth",
+        type=int,
+        default=WalkLimits.max_depth,
+        help="folder levels walked below a root; deeper folders are reported not walked",
+    )
+    p.add_argument(
+        "--max-folder-entries",
+        type=int,
+        default=WalkLimits.max_folder_entries,
+        help="entries walked per folder; the rest are reported not walked",
     )
     p.add_argument("--policy", default=None, help="licence policy file (TOML)")
     p.add_argument(
@@ -297,6 +310,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         cache_db=None if args.no_cache or args.state_db else open_default_cache_db(),
         no_cache=args.no_cache,
         rehash=args.rehash,
+        walk_limits=WalkLimits(
+            max_depth=max(1, args.max_depth), max_folder_entries=max(1, args.max_folder_entries)
+        ),
         quiet=args.quiet,
         plugin_options=plugin_options,
         libvirt_uri=args.connect,

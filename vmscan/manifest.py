@@ -23,18 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from vmscan.errors import GuestError
+from vmscan.errors import ApplianceDiedError, GuestError
 from vmscan.model import FileEntry
 from vmscan.pathenc import decode_path, encode_path, needs_escape
 from vmscan.stream import READ_ERRORS, TarStream, build_excludes, exclude_pattern
 from vmscan.timings import Timings
+from vmscan.walk import STAT_BATCH, Listing, WalkLimits, find0_listing
 
 log = logging.getLogger(__name__)
-
-#: lstatnslist batch: well under the 4 MB protocol message limit.
-_STAT_BATCH = 2000
-#: Cap on the find0 listing brought to the host (hostile trees).
-MAX_LISTING_BYTES = 512 * 1024 * 1024
 
 
 class WalkSink(Protocol):
@@ -132,6 +128,8 @@ def build_manifest(
     timings: Timings | None = None,
     hash_files: bool = True,
     walk: WalkSink | None = None,
+    listing: Listing | None = None,
+    limits: WalkLimits | None = None,
 ) -> tuple[list[FileEntry], list[str]]:
     """Manifest of everything mounted under ``/`` in the appliance.
 
@@ -144,26 +142,31 @@ def build_manifest(
 
     *walk*, when given, receives every entry's ``lstat`` (not only regular files'), so
     that the scanner's index needs no walk of its own.
+
+    *listing* is the tree to walk (:mod:`vmscan.walk`; one ``find0`` cut at *limits*
+    when None). Every folder it cut is a manifest entry with the reason, so what was not
+    walked is never missing without a word.
     """
     problems: list[str] = []
     tm = timings or Timings()
     mounts = sorted(mounts, key=lambda m: len(m[0]), reverse=True)
-    with tempfile.TemporaryDirectory(prefix="vmscan-man-") as tmp:
-        listing = os.path.join(tmp, "find0")
+    if listing is None:
         with tm.phase("walk"):
-            g.find0("/", listing)
-        if os.path.getsize(listing) > MAX_LISTING_BYTES:
-            problems.append("file listing larger than the limit; manifest truncated")
-            if walk is not None:
-                walk.incomplete(b"")
-        with open(listing, "rb") as fh:
-            names = [n for n in fh.read(MAX_LISTING_BYTES).split(b"\0") if n]
+            listing = find0_listing(g, limits or WalkLimits())
+    names = listing.names
+    for cut in listing.cuts:
+        problems.append(cut.message())
+        if walk is not None:
+            walk.incomplete(cut.folder)
+    with tempfile.TemporaryDirectory(prefix="vmscan-man-") as tmp:
         sums_path = os.path.join(tmp, "sums")
         sums_ok = True
         try:
             if hash_files:
                 with tm.phase("hash"):
                     g.checksums_out("sha256", "/", sums_path)
+        except ApplianceDiedError:
+            raise  # a dead appliance is not an unreadable file
         except GuestError as e:
             # One unreadable file makes sha256sum fail and the daemon cancel the
             # transfer; keep what arrived and hash the rest one by one below.
@@ -200,12 +203,14 @@ def build_manifest(
     # by_dir never overlap with what the tar_out pass below covers.
     for parent, bases in by_dir.items():
         dir_str = "/" + parent.decode("utf-8")
-        for i in range(0, len(bases), _STAT_BATCH):
-            batch = bases[i : i + _STAT_BATCH]
+        for i in range(0, len(bases), STAT_BATCH):
+            batch = bases[i : i + STAT_BATCH]
             strs = [b.decode("utf-8") for b in batch]
             try:
                 with tm.phase("walk"):
                     stats = g.lstatnslist(dir_str, strs)
+            except ApplianceDiedError:
+                raise  # a dead appliance is not an unreadable file
             except GuestError as e:
                 problems.append(f"{dir_str}: cannot stat entries: {e}")
                 if walk is not None:
@@ -240,6 +245,8 @@ def build_manifest(
                     try:
                         with tm.phase("hash"):
                             digest = str(g.checksum("sha256", gpath))
+                    except ApplianceDiedError:
+                        raise  # a dead appliance is not an unreadable file
                     except GuestError as e:
                         error = f"unreadable: {e}"
                         problems.append(f"{gpath}: {error}")
@@ -313,6 +320,20 @@ def build_manifest(
                     sha256=digest,
                 )
             )
+    for cut in listing.cuts:
+        entries.append(
+            FileEntry(
+                device=_device_for("/" + cut.folder.decode("utf-8", "replace"), mounts),
+                path=prefix + cut.path,
+                size=0,
+                mode=0,
+                uid=0,
+                gid=0,
+                mtime=0,
+                sha256=None,
+                error=cut.message().split(": ", 1)[1][:300],
+            )
+        )
     if not sums_ok and not any(e.error for e in entries):
         log.debug("checksums_out failed but every file was hashed individually")
     entries.sort(key=lambda e: e.path)

@@ -31,6 +31,7 @@ from vmscan.completeness import bound, finalize_image
 from vmscan.disk import resolve_source
 from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
 from vmscan.filecache import FileHashCache
+from vmscan.guestcall import GuestHandle
 from vmscan.guestfs_view import LibguestfsFS, read_text
 from vmscan.guestindex import FileIndex, IndexedFS
 from vmscan.manifest import build_manifest, hash_pending
@@ -51,6 +52,7 @@ from vmscan.source.domain import DEFAULT_URI, is_domain_source, open_domain
 from vmscan.source.points import open_views
 from vmscan.stream import TarStream
 from vmscan.timings import Timings
+from vmscan.walk import Listing, WalkLimits, find0_listing, folder_walk
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,8 @@ class ScanOptions:
     state_db: str | None = None
     #: File-hash cache database (vmscan.filecache); the state database when None.
     cache_db: str | None = None
+    #: How deep, how long and how wide a walk of a guest tree goes (vmscan.walk).
+    walk_limits: WalkLimits = field(default_factory=WalkLimits)
     #: Re-read every file even when its cached hash is still valid.
     rehash: bool = False
     #: No file-hash cache at all (``--no-cache``).
@@ -155,6 +159,7 @@ def _scan_mounted(
     # read; hash_pending below takes what is left.
     # The manifest's walk also fills the index the plugins look things up in.
     index = FileIndex()
+    listing, g = _list_tree(sess, result, root, mounts, opts.walk_limits)
     entries, problems = build_manifest(
         g,
         mounts,
@@ -162,6 +167,7 @@ def _scan_mounted(
         timings=tm,
         hash_files=not streaming and cache is None,
         walk=index,
+        listing=listing,
     )
     try:
         index_calls = index.finish(g)
@@ -231,6 +237,45 @@ def _scan_mounted(
         finally:
             cache.close()
     tm.end_root()
+
+
+def _list_tree(
+    sess: GuestSession,
+    result: ImageResult,
+    root: RootResult,
+    mounts: list[tuple[str, str]],
+    limits: WalkLimits,
+) -> tuple[Listing, GuestHandle]:
+    """The root's listing (:mod:`vmscan.walk`) and the handle to go on with.
+
+    ``find0`` first; when it fails (a path past the daemon's 8 KiB line kills the
+    appliance) the appliance is relaunched if it died, the root mounted again, and the
+    tree listed folder by folder within the same bounds, saying so.
+    """
+    g = sess.h
+    assert g is not None
+    tm = _timings_of(result)
+    try:
+        with tm.phase("walk"):
+            return find0_listing(g, limits), g
+    except GuestError as e:
+        why = str(e)
+    if not sess.alive():
+        with tm.phase("relaunch"):
+            sess.restart()
+            _appliance_started(sess.h)
+            for mp_, dev in sorted(mounts, key=lambda m: (len(m[0]), m[0])):
+                err = sess.mount_ro(dev, mp_)
+                if err:
+                    raise ImageError(f"{root.device}: cannot mount {dev} on {mp_} again: {err}")
+    g = sess.h
+    assert g is not None
+    result.errors.append(
+        f"{root.device}: listing the tree in one call failed ({why[:200]}); the appliance "
+        "was relaunched if needed and the tree listed folder by folder, within bounds"
+    )
+    with tm.phase("walk"):
+        return folder_walk(g, limits), g
 
 
 def _open_file_cache(opts: ScanOptions, result: ImageResult) -> FileHashCache | None:
@@ -350,7 +395,7 @@ def _scan_session(
     remaining = (budget or Budget(opts.timeout)).remaining
     with tm.phase("inspect"):
         found, inspect_errors, partial = inspect.find_roots(sess, facts, remaining)
-    g = sess.h  # a new handle when inspection ran out of time and the appliance was relaunched
+    # sess.h, never a handle kept from before: inspection and the walk may relaunch.
     probe_errors = inspect.probe_messages(facts)
     result.errors.extend(inspect_errors + probe_errors)
     partial = partial or bool(probe_errors)
@@ -419,7 +464,7 @@ def _scan_session(
                 fsr.mountpoint, fsr.mounted = mp_, True
                 mounted.append((mp_, dev))
                 if mp_ == "/" and os_info.type == "linux":
-                    tab = inspect.read_fstab(LibguestfsFS(g))
+                    tab = inspect.read_fstab(LibguestfsFS(sess.h))
                     fstab = tab.entries
                     if tab.cut:
                         partial = True
@@ -429,7 +474,7 @@ def _scan_session(
             pending.remove(root_dev)
             sess.umount_all()
             continue
-        fs = LibguestfsFS(g)
+        fs = LibguestfsFS(sess.h)
         if os_info.type == "linux":
             _os_release_into(fs, os_info)
             missing = [(sp, m, ln) for m, (sp, ln) in fstab.items() if m not in mps]

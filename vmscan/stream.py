@@ -82,6 +82,10 @@ def build_excludes(
         if e.path in keep:
             continue
         raw = decode_path(e.path)
+        if raw in keep_dirs:
+            # A folder entry (a folder the walk cut short) holding kept files: excluding
+            # it would keep them out of the stream too.
+            continue
         # Climb to the highest folder with nothing kept below it.
         top = raw
         parent = raw.rsplit(b"/", 1)[0]
