@@ -110,6 +110,8 @@ class FakeScanner:
     calls: list[tuple[list[str], tuple[str, ...], int]] = field(default_factory=list)
     # The antivirus scope each call was given ("all" or kinds of a bounded re-check).
     scopes: list[str] = field(default_factory=list)
+    # The storage of each source and the per-storage limit each call was given.
+    storage: list[tuple[dict[str, str], int]] = field(default_factory=list)
     # Called in the middle of the batch, after the first image's callback (faults).
     after_first: Callable[[], None] | None = None
     before_each: Callable[[str], None] | None = None
@@ -124,6 +126,7 @@ class FakeScanner:
     ) -> ScanResult:
         self.calls.append((list(sources), tuple(opts.checks), int(opts.jobs)))
         self.scopes.append(str(opts.plugin_options.get("av_scope") or ""))
+        self.storage.append((dict(opts.storage), int(opts.max_per_storage)))
         result = ScanResult(
             schema_version=SCHEMA_VERSION,
             vmscan_version=__version__,

@@ -446,15 +446,20 @@ def test_appliances_per_storage_are_limited(tmp_path: Path) -> None:
     scanner = FakeScanner()
     out = run_nightly(cfg, scan_fn=scanner)
     assert out.scanned == 6
-    for sources, _checks, jobs in scanner.calls:
-        folders = [Path(s).parent.name for s in sources]
-        assert sorted(folders) == sorted(set(folders)), "two images of one storage at once"
-        assert jobs <= 2
-    assert len(scanner.calls) == 3
-    # One storage only: a single batch, at most max_per_storage at a time.
+    # One pool for the night; the scanner's pool keeps one image per storage at a time
+    # (tests/test_pool.py shows it does), told which image is on which storage.
+    ((sources, _checks, jobs),) = scanner.calls
+    ((storage, per),) = scanner.storage
+    assert per == 1 and jobs == 2 and len(sources) == 6
+    folders_of: dict[str, set[str]] = {}
+    for src in sources:
+        folders_of.setdefault(storage[src], set()).add(Path(src).parent.name)
+    assert sorted(map(sorted, folders_of.values())) == [["store-a"], ["store-b"]]
+    # One storage only: the same single pool, at most max_per_storage at a time.
     one = NightlyConfig(**{**cfg.__dict__, "image_paths": (str(tmp_path / "store-a" / "*"),)})
     one_scanner = FakeScanner()
     run_nightly(
         NightlyConfig(**{**one.__dict__, "state_db": tmp_path / "o.db"}), scan_fn=one_scanner
     )
-    assert [(len(s), j) for s, _c, j in one_scanner.calls] == [(3, 1)]
+    assert [len(s) for s, _c, _j in one_scanner.calls] == [3]
+    assert [per for _st, per in one_scanner.storage] == [1]

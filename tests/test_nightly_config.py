@@ -142,24 +142,6 @@ def test_identity_changes_with_content_not_with_reading(tmp_path: Path) -> None:
     assert nightly.file_identity(str(img))["head_sha256"] != one["head_sha256"]
 
 
-def test_waves_respect_storage_limit() -> None:
-    def item(storage: str, n: int) -> nightly.PlanItem:
-        src = nightly.Source(f"/{storage}/{n}", "image", (f"/{storage}/{n}",))
-        return nightly.PlanItem(src, "scan", "", storage=storage)
-
-    items = [item("A", i) for i in range(4)] + [item("B", i) for i in range(2)]
-    waves = nightly.waves(items, jobs=3, per_storage=1)
-    for wave in waves:
-        storages = [w.storage for w in wave]
-        assert len(wave) <= 3 and all(storages.count(s) <= 1 for s in storages)
-    assert sorted(w.source.path for wave in waves for w in wave) == sorted(
-        i.source.path for i in items
-    )
-    assert len(waves) == 4
-    # A limit that cannot bind gives one batch.
-    assert len(nightly.waves(items, jobs=2, per_storage=2)) == 1
-
-
 def test_write_config_helper_is_valid(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, str(tmp_path / "*.img")))
     assert cfg.jobs == 2 and cfg.fail_on == "high"

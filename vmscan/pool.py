@@ -92,8 +92,14 @@ def run_images(
     on_image_done: Callable[[ImageResult], None] | None = None,
     progress: Callable[[ImageResult], None] | None = None,
     file_progress: Callable[[str, int], None] | None = None,
+    storage: list[str] | None = None,
+    per_storage: int = 0,
 ) -> None:
     """Run ``worker(label, *worker_args, conn, run, wdir)`` per source, *jobs* at a time.
+
+    With *storage* (a storage key per source) and *per_storage* > 0, at most that many
+    sources of one key run at once: a semaphore per storage over one pool, so a free slot
+    goes to the next source whose storage has room instead of waiting for a whole wave.
 
     Fills ``result.images`` in the order of *sources*. On :class:`runctl.Interrupted` the
     workers are killed, their folders removed, ``result`` is marked interrupted and set as
@@ -103,6 +109,18 @@ def run_images(
     ctx = mp.get_context("fork")
     pending = list(enumerate(sources))
     running: list[_Running] = []
+    keys = storage if storage is not None and len(storage) == len(sources) else None
+    busy: dict[str, int] = {}
+
+    def next_pending() -> tuple[int, str] | None:
+        """The first pending source whose storage has a free slot (None: none has)."""
+        for pos, (idx, label) in enumerate(pending):
+            if keys is None or per_storage <= 0 or busy.get(keys[idx], 0) < per_storage:
+                del pending[pos]
+                if keys is not None:
+                    busy[keys[idx]] = busy.get(keys[idx], 0) + 1
+                return idx, label
+        return None
 
     def finish(idx: int, res: ImageResult) -> None:
         results[idx] = res
@@ -114,7 +132,10 @@ def run_images(
     try:
         while pending or running:
             while pending and len(running) < jobs:
-                idx, label = pending.pop(0)
+                nxt = next_pending()
+                if nxt is None:
+                    break  # every pending source waits for its storage
+                idx, label = nxt
                 wdir = run.worker_dir(idx)
                 parent, child = ctx.Pipe(duplex=False)
                 proc = ctx.Process(
@@ -153,6 +174,8 @@ def run_images(
                 if res is not None:
                     r.conn.close()
                     running.remove(r)
+                    if keys is not None:
+                        busy[keys[r.index]] -= 1
                     finish(r.index, res)
     except runctl.Interrupted as exc:
         for r in running:

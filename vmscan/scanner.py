@@ -82,6 +82,10 @@ class ScanOptions:
     state_db: str | None = None
     #: File-hash cache database (vmscan.filecache); the state database when None.
     cache_db: str | None = None
+    #: Storage group of each source (source -> key; vmscan.nightly) and the most sources
+    #: of one group scanned at once (0: no limit).
+    storage: dict[str, str] = field(default_factory=dict)
+    max_per_storage: int = 0
     #: How deep, how long and how wide a walk of a guest tree goes (vmscan.walk).
     walk_limits: WalkLimits = field(default_factory=WalkLimits)
     #: Re-read every file even when its cached hash is still valid.
@@ -652,5 +656,7 @@ def scan_sources(
             on_image_done=on_image_done,
             progress=progress,
             file_progress=file_progress,
+            storage=[opts.storage.get(s, s) for s in sources],
+            per_storage=opts.max_per_storage,
         )
     return result

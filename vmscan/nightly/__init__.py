@@ -29,7 +29,7 @@ from vmscan.nightly.merge import (
     summarize,
 )
 from vmscan.nightly.metrics import format_metrics, write_metrics
-from vmscan.nightly.plan import DIGEST_CHECKS, PlanItem, plan, waves
+from vmscan.nightly.plan import DIGEST_CHECKS, PlanItem, plan
 from vmscan.nightly.run import (
     BusyError,
     NightlyOutcome,
@@ -87,6 +87,5 @@ __all__ = [
     "source_identity",
     "store_image_result",
     "summarize",
-    "waves",
     "write_metrics",
 ]

@@ -152,31 +152,3 @@ def bounded_av_recheck(cfg: NightlyConfig, item: PlanItem, prev_meta: dict[str, 
         f"{full.get('engine') or 'the earlier database'} ({full.get('date')}); "
         f"full re-check due {due.date().isoformat()}"
     )
-
-
-def waves(items: list[PlanItem], jobs: int, per_storage: int) -> list[list[PlanItem]]:
-    """Batches with at most ``jobs`` images and ``per_storage`` per storage group each.
-
-    Groups are taken round-robin so one busy datastore does not delay the others.
-    """
-    groups: dict[str, list[PlanItem]] = {}
-    for it in items:
-        groups.setdefault(it.storage, []).append(it)
-    if not items:
-        return []
-    if per_storage >= jobs or len(groups) == 1:
-        # The limit cannot bind (or the caller caps jobs at per_storage): one batch lets
-        # the scanner keep every worker busy instead of waiting for a wave's slowest image.
-        return [list(items)]
-    out: list[list[PlanItem]] = []
-    queues = [list(g) for g in groups.values()]
-    while any(queues):
-        wave: list[PlanItem] = []
-        for q in queues:
-            take = min(per_storage, len(q), jobs - len(wave))
-            wave.extend(q[:take])
-            del q[:take]
-            if len(wave) >= jobs:
-                break
-        out.append(wave)
-    return out

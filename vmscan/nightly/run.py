@@ -36,7 +36,7 @@ from vmscan.nightly.merge import (
     summarize,
 )
 from vmscan.nightly.metrics import write_metrics
-from vmscan.nightly.plan import PlanItem, plan, waves
+from vmscan.nightly.plan import PlanItem, plan
 from vmscan.nightly.unit import (
     ScanFn,
     image_result,
@@ -315,41 +315,41 @@ def _execute(
     for it in to_scan:
         by_checks.setdefault((it.checks, it.av_scope), []).append(it)
 
-    def _collect(wave: list[PlanItem], scanned: ScanResult) -> None:
+    def _collect(group: list[PlanItem], scanned: ScanResult) -> None:
         # A scan function that returns results without calling back is fine too.
         for img in scanned.images:
             item = by_source.get(img.source)
             if item is not None and item.source.path not in done:
                 on_image_done(img)
-        for w in wave:
+        for w in group:
             if w.source.path not in done:
                 store(w, _error_result(w.source.path, "the scanner returned no result"))
                 outcome.failed += 1
 
     with contextlib.ExitStack() as night:
-        # One managed clamd for the whole night (started when the first wave needs it),
-        # sized for cfg.jobs; each wave's options get its descriptor in memory.
+        # One managed clamd for the whole night (started when the first scan needs it),
+        # sized for cfg.jobs; each scan's options get its descriptor in memory.
         shared: dict[str, Any] | None = None
         for (checks, av_scope), group in by_checks.items():
-            for wave in waves(group, cfg.jobs, cfg.max_per_storage):
-                jobs = min(cfg.jobs, cfg.max_per_storage, len(wave))
-                if len({w.storage for w in wave}) > 1:
-                    jobs = min(cfg.jobs, len(wave))
-                opts = make_scan_options(cfg, checks, jobs)
-                if av_scope:
-                    opts.plugin_options["av_scope"] = av_scope  # a bounded re-check
-                if manage_services and shared is None and "antivirus" in checks:
-                    night_opts = make_scan_options(cfg, tuple(cfg.checks), cfg.jobs)
-                    night.enter_context(_services(night_opts))
-                    shared = night_opts.plugin_options
-                for key in _SHARED_SERVICE_KEYS:
-                    if shared is not None and key in shared:
-                        opts.plugin_options[key] = shared[key]
-                scanned = scan([w.source.path for w in wave], opts, on_image_done=on_image_done)
-                _collect(wave, scanned)
+            # One pool for the group, a semaphore per storage inside it (vmscan.pool).
+            jobs = min(cfg.jobs, len(group))
+            opts = make_scan_options(cfg, checks, jobs)
+            opts.storage = {w.source.path: w.storage for w in group}
+            opts.max_per_storage = cfg.max_per_storage
+            if av_scope:
+                opts.plugin_options["av_scope"] = av_scope  # a bounded re-check
+            if manage_services and shared is None and "antivirus" in checks:
+                night_opts = make_scan_options(cfg, tuple(cfg.checks), cfg.jobs)
+                night.enter_context(_services(night_opts))
+                shared = night_opts.plugin_options
+            for key in _SHARED_SERVICE_KEYS:
+                if shared is not None and key in shared:
+                    opts.plugin_options[key] = shared[key]
+            scanned = scan([w.source.path for w in group], opts, on_image_done=on_image_done)
+            _collect(group, scanned)
 
 
-#: What the night's managed services hand to every wave (in memory, never a file).
+#: What the night's managed services hand to every scan (in memory, never a file).
 _SHARED_SERVICE_KEYS = ("clamd", "clamd_descriptor", "clamd_error")
 
 

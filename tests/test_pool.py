@@ -1,0 +1,76 @@
+"""The image pool (vmscan.pool): real forked workers, a semaphore per storage.
+
+The worker here waits instead of scanning (the pool does not care what a worker does);
+each writes when it started and ended, and the intervals are checked: never more than
+``per_storage`` of one storage at once, and the other storages' images use the free slots
+meanwhile (no waiting for a wave's slowest image: shown by cause, not by a clock).
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from vmscan import pool, runctl
+from vmscan.model import ImageResult, ImageStatus, ScanResult
+
+
+def _sleeper(label: str, log_dir: str, conn: Connection, run: Any, wdir: Path) -> None:
+    start = time.monotonic()
+    if label.endswith("slow"):
+        # Runs until B/1 has finished: a pool that waited for this image before giving its
+        # storage's neighbours the free slot would never get there (30 s, then it fails).
+        waited = Path(log_dir, "B_1")
+        while not waited.exists() and time.monotonic() - start < 30:
+            time.sleep(0.05)
+    else:
+        time.sleep(0.2)
+    Path(log_dir, label.replace("/", "_")).write_text(f"{start} {time.monotonic()}")
+    conn.send(ImageResult(source=label, status=ImageStatus.OK))
+    conn.close()
+
+
+def _run(
+    tmp_path: Path, sources: list[str], storage: list[str], jobs: int, per: int
+) -> dict[str, tuple[float, float]]:
+    result = ScanResult(schema_version="1", vmscan_version="t", started_at="")
+    with runctl.run_scope() as run:
+        pool.run_images(
+            run, result, sources, worker=_sleeper, worker_args=(str(tmp_path),), jobs=jobs,
+            timeout=60, clock=lambda: "", storage=storage, per_storage=per,
+        )  # fmt: skip
+    assert [i.source for i in result.images] == sources
+    out = {}
+    for s in sources:
+        a, b = Path(tmp_path, s.replace("/", "_")).read_text().split()
+        out[s] = (float(a), float(b))
+    return out
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = most = 0
+    for _t, d in events:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_one_image_per_storage_at_a_time_and_the_free_slot_goes_to_another(tmp_path: Path) -> None:
+    # Storage A: one slow image then two quick ones; storage B: three quick ones.
+    sources = ["A/0-slow", "A/1", "A/2", "B/0", "B/1", "B/2"]
+    storage = [s.split("/")[0] for s in sources]
+    spans = _run(tmp_path, sources, storage, jobs=3, per=1)
+    for key in ("A", "B"):
+        assert _most_at_once([v for k, v in spans.items() if k.startswith(key)]) == 1
+    # While A's slow image ran, B's ran one after the other in the other slot.
+    slow = spans["A/0-slow"]
+    assert all(slow[0] < spans[f"B/{i}"][1] < slow[1] for i in range(2))
+
+
+def test_without_a_limit_the_jobs_bound_alone(tmp_path: Path) -> None:
+    sources = [f"A/{i}" for i in range(4)]
+    spans = _run(tmp_path, sources, ["A"] * 4, jobs=2, per=0)
+    assert _most_at_once(list(spans.values())) == 2
