@@ -19,6 +19,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import tarfile
 import tempfile
 import threading
@@ -203,11 +204,34 @@ class TarStream:
                 with contextlib.suppress(*READ_ERRORS):
                     while self._counted is not None and self._counted.read(1 << 20):
                         pass
+            else:
+                self._drain_until_producer_ends()
             self._fh.close()
         self._reader_done.set()
         if self._thread.is_alive():
             self._thread.join(600)
         self._tmp.cleanup()
+
+    def _drain_until_producer_ends(self, limit_s: float = 120.0) -> None:
+        """After ``user_cancel``, read (and drop) what is still in flight until ``tar_out``
+        returns. Closing the FIFO under a running ``tar_out`` makes libguestfs' receive
+        fail on EPIPE while the cancel is under way; a worker died of SIGSEGV there."""
+        assert self._fh is not None
+        fd = self._fh.fileno()
+        deadline = time.monotonic() + limit_s
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            ready, _w, _x = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data = os.read(fd, 1 << 20)
+            except OSError:
+                return
+            if not data:
+                return
+            TarStream.received += len(data)
+            if self._counted is not None:
+                self._counted.n += len(data)
 
     @classmethod
     def to_file(cls, handle: Any, directory: str, path: str, excludes: list[str]) -> int:
