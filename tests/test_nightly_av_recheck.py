@@ -32,7 +32,11 @@ def _fleet(tmp: Path, *, days: float | None = None, when: str | None = None) -> 
                 finding("antivirus", "Doc.Old", "high", "/srv/report.txt"),
                 finding("antivirus", "Exe.Old", "high", "/usr/bin/tool"),
             ],
-            exec=[["/usr/bin/tool", "aa" * 32], ["/srv/report.txt", "bb" * 32]],
+            exec=[
+                ["/usr/bin/tool", "aa" * 32],
+                ["/srv/report.txt", "bb" * 32],
+                ["/usr/bin/clean", "ee" * 32],
+            ],
             migration="ready",
         )
     extra = f"av_recheck_days = {days}\n" if days is not None else ""
@@ -98,6 +102,54 @@ def test_signature_update_within_the_window_is_bounded(tmp_path: Path) -> None:
     again = FakeScanner()
     assert run_nightly(cfg, scan_fn=again).skipped == 2 and again.calls == []
     assert _images(cfg)["vm1"]["sections"]["state"]["antivirus_as_of"]["engine"] == OLD_ENGINE
+
+
+def _hash_list(tmp: Path, text: str) -> None:
+    """vmscan's own SHA-256 hash list (HASH:SIZE:NAME), as `signatures import` writes it."""
+    (tmp / "sigs" / "clamav" / "local.hsb").write_text(text)
+
+
+def test_a_hash_list_update_is_matched_against_stored_hashes_without_opening_images(
+    tmp_path: Path,
+) -> None:
+    cfg = _fleet(tmp_path)
+    run_nightly(cfg, scan_fn=FakeScanner())
+    _hash_list(tmp_path, f"{'ee' * 32}:10:Exe.Hash.New\n")
+    scanner = FakeScanner()
+    out = run_nightly(cfg, scan_fn=scanner)
+    assert scanner.opened == []  # no guest read at all
+    assert all(p.av_hashes_only and "only hash signatures" in p.reason for p in out.plan)
+    assert out.partial_rescans == 2
+    img = _images(cfg)["vm0"]
+    (new,) = [f for f in img["roots"][0]["findings"] if f["rule_id"] == "Exe.Hash.New"]
+    assert new["target"] == "/usr/bin/clean" and new["details"]["detected_by"] == "hash"
+    # The earlier findings stand; the result says it was re-matched, and when.
+    rules = sorted(f["rule_id"] for f in img["roots"][0]["findings"] if f["check"] == "antivirus")
+    assert rules == ["Doc.Old", "Exe.Hash.New", "Exe.Old"]
+    stamp = img["roots"][0]["sections"]["antivirus"]["hash_rechecked"]
+    assert stamp["files_checked"] == 3 and stamp["files_matched"] == 1
+    assert img["sections"]["state"]["rechecked_offline"] is True
+    # The HTML report says what "clean" means for the files without a finding.
+    html = (cfg.reports_dir / "latest" / "report.html").read_text()
+    assert "clean as of" in html and OLD_ENGINE in html and "hash signatures re-matched" in html
+    # Next night nothing changed: carried, still nothing opened.
+    again = FakeScanner()
+    assert run_nightly(cfg, scan_fn=again).skipped == 2 and again.opened == []
+
+
+def test_a_hash_finding_whose_signature_went_needs_a_content_scan(tmp_path: Path) -> None:
+    cfg = _fleet(tmp_path)
+    run_nightly(cfg, scan_fn=FakeScanner())
+    _hash_list(tmp_path, f"{'ee' * 32}:10:Exe.Hash.New\n")
+    run_nightly(cfg, scan_fn=FakeScanner())
+    # The entry is withdrawn: /usr/bin/clean was matched by hash, never streamed to clamd,
+    # so only a content scan can call it clean now.
+    _hash_list(tmp_path, "")
+    scanner = FakeScanner()
+    out = run_nightly(cfg, scan_fn=scanner)
+    assert len(scanner.opened) == 2
+    assert all(c[1] == ("antivirus",) for c in scanner.calls)
+    assert all(p.av_hashes_only for p in out.plan)
 
 
 def test_old_full_scan_or_zero_days_restreams_everything(tmp_path: Path) -> None:

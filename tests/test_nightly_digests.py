@@ -172,7 +172,14 @@ def test_every_component_and_the_remote_clamd_version(tmp_path: Path) -> None:
         )
     )
     one = data_digests(cfg_remote, remote_clamd="ClamAV 1.0.7/27400/Mon Nov 30 2026")
-    assert set(one) == {"antivirus", "patch", "patch:windows", "license", "migration"}
+    assert set(one) == {
+        "antivirus",
+        "antivirus:hashes",
+        "patch",
+        "patch:windows",
+        "license",
+        "migration",
+    }
     two = data_digests(cfg_remote, remote_clamd="ClamAV 1.0.7/27401/Tue Dec  1 2026")
     assert changed_checks(one, two, cfg_remote.checks) == ("antivirus",)
     # Nothing listens on port 9: the version says so, and differs from a real one.
@@ -184,3 +191,23 @@ def test_every_component_and_the_remote_clamd_version(tmp_path: Path) -> None:
     # Documentation beside the tables is not data.
     (tmp_path / "sigs" / "NOTES.md").write_text("read me")
     assert data_digests(cfg_remote, remote_clamd="ClamAV 1.0.7/27401/Tue Dec  1 2026") == three
+
+
+def test_hash_lists_and_content_signatures_are_separate_components(tmp_path: Path) -> None:
+    from vmscan.av.signatures import split_digests
+
+    db = tmp_path / "clamav"
+    db.mkdir()
+    (db / "own.ndb").write_text("Test.Body:0:*:4142434445464748\n")
+    (db / "own.hsb").write_text(f"{'ab' * 32}:10:Test.Hash\n")
+    content0, hashes0 = split_digests(db)
+    # A new SHA-256 entry: matched against stored hashes, so only that digest moves.
+    (db / "own.hsb").write_text(f"{'ab' * 32}:10:Test.Hash\n{'cd' * 32}:*:Test.Any:73\n")
+    content1, hashes1 = split_digests(db)
+    assert content1 == content0 and hashes1 != hashes0
+    # An MD5 entry needs the file's bytes (only clamd matches it): a content change.
+    (db / "own.hdb").write_text(f"{'ef' * 16}:10:Test.Md5\n")
+    content2, hashes2 = split_digests(db)
+    assert content2 != content1 and hashes2 == hashes1
+    (db / "own.ndb").write_text("Test.Body:0:*:4142434445464749\n")
+    assert split_digests(db)[0] != content2 and split_digests(db)[1] == hashes2

@@ -185,6 +185,38 @@ def database_digest(db_dir: Path) -> str:
     return h.hexdigest()
 
 
+#: Plain hash lists: their SHA-256 entries can be matched against stored file hashes.
+HASH_SUFFIXES = (".hsb", ".hdb", ".hsu", ".hdu")
+
+
+def split_digests(db_dir: Path) -> tuple[str, str]:
+    """(content digest, SHA-256 hash-list digest) of the databases in *db_dir*.
+
+    The second covers exactly the entries :func:`load_sha256_signatures` loads, which
+    can be re-matched against the manifest's stored SHA-256 without reading a guest; the
+    first covers everything else (content signatures, archives, and the hash entries
+    that are not SHA-256, which only clamd matches, on the file's bytes).
+    """
+    content, hashes = hashlib.sha256(), hashlib.sha256()
+    if not db_dir.is_dir():
+        return "absent", "absent"
+    for path in sorted(db_dir.iterdir()):
+        if path.suffix not in DB_SUFFIXES + HASH_SUFFIXES or not path.is_file():
+            continue
+        if path.suffix not in HASH_SUFFIXES:
+            content.update(path.name.encode() + b"\0" + _file_sha256(path).encode() + b"\n")
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            sigs = [] if _check_hash_line(line) else parse_hash_list(line)
+            target = hashes if sigs and len(sigs[0].digest) == 64 else content
+            target.update(path.name.encode() + b"\0" + line.encode() + b"\n")
+    return content.hexdigest(), hashes.hexdigest()
+
+
 def _signature_files(sig_dir: Path) -> list[Path]:
     return sorted(p for p in sig_dir.iterdir() if p.is_file() and p.suffix in DB_SUFFIXES)
 

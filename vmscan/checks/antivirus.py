@@ -90,6 +90,28 @@ def external_limits(opts: dict[str, Any]) -> ClamdLimits:
     )
 
 
+def av_finding(
+    path: str, sha256: str, size: int, mtime: int, signature: str, source: str
+) -> Finding:
+    """The finding for *signature* in the file *path* (a scan, or a re-match offline)."""
+    sha = sha256.lower()
+    return Finding(
+        check="antivirus",
+        rule_id=signature,
+        severity=severity_of(signature),
+        title=f"{signature} found in {path}",
+        target=path,
+        details={
+            "path": path,
+            "sha256": sha,
+            "size": size,
+            "mtime": mtime,
+            "detected_by": source,
+        },
+        fingerprint=fingerprint(signature, path, sha),
+    )
+
+
 class AntivirusCheck(Check):
     """ClamAV over every regular file of the root, with vmscan's own signatures."""
 
@@ -221,24 +243,7 @@ class AntivirusCheck(Check):
         for path, (e, o) in res.outcomes.items():
             if o.verdict != "found":
                 continue
-            sha = (e.sha256 or "").lower()
-            out.append(
-                Finding(
-                    check="antivirus",
-                    rule_id=o.signature,
-                    severity=severity_of(o.signature),
-                    title=f"{o.signature} found in {path}",
-                    target=path,
-                    details={
-                        "path": path,
-                        "sha256": sha,
-                        "size": e.size,
-                        "mtime": e.mtime,
-                        "detected_by": o.source,
-                    },
-                    fingerprint=fingerprint(o.signature, path, sha),
-                )
-            )
+            out.append(av_finding(path, e.sha256 or "", e.size, e.mtime, o.signature, o.source))
         return sorted(out, key=lambda f: (f.target, f.rule_id))
 
     @staticmethod

@@ -3,11 +3,14 @@ re-check keeps, and pruning of verdicts of old databases."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from vmscan.diff import iter_roots
+from vmscan.model import to_jsonable
 from vmscan.nightly.plan import PlanItem
 from vmscan.state import StateDB, utcnow
 
@@ -109,3 +112,59 @@ def prune_verdicts(db: StateDB, doc: dict[str, Any], *, keep_days: float) -> int
             (cutoff, *sorted(keep)),
         )
         return int(cur.rowcount or 0)
+
+
+def hash_recheck(old: dict[str, Any], sig_dir: Path) -> dict[str, Any] | None:
+    """*old* re-matched against the current SHA-256 hash lists, reading no guest.
+
+    Only the hash lists changed (the plan says so): every stored manifest hash is matched
+    again; findings the lists made ("detected_by": "hash") are replaced by the new
+    matches, clamd's stand. None (scan instead) when the result has no manifest to match,
+    or when an earlier hash finding no longer matches: that file was never streamed to
+    clamd (a hash match spares it), so only a content scan can call it clean.
+    """
+    from vmscan.av.signatures import load_sha256_signatures, match_hash, normalize_name
+    from vmscan.checks.antivirus import av_finding
+
+    manifest = [e for e in old.get("manifest") or [] if isinstance(e, dict)]
+    if not manifest:
+        return None
+    table = load_sha256_signatures(sig_dir / "clamav")
+    merged = copy.deepcopy(old)
+    roots = iter_roots(merged)
+    root_of: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        for dev in (root.get("mountpoints") or {}).values():
+            root_of.setdefault(str(dev), root)
+        root_of.setdefault(str(root.get("device")), root)
+    for root in roots:
+        for f in root.get("findings") or []:
+            det = f.get("details") or {}
+            if f.get("check") != "antivirus" or det.get("detected_by") != "hash":
+                continue
+            sig = match_hash(table, str(det.get("sha256") or ""), int(det.get("size") or 0))
+            if sig is None or normalize_name(sig.name) != f.get("rule_id"):
+                log.info("%s: its hash finding is gone; a content scan decides", f.get("target"))
+                return None
+    matched = 0
+    for e in manifest:
+        sig = match_hash(table, e.get("sha256"), int(e.get("size") or 0))
+        owner = root_of.get(str(e.get("device")))
+        if sig is None or owner is None:
+            continue
+        matched += 1
+        path = str(e.get("path"))
+        findings = owner.setdefault("findings", [])
+        if any(f.get("check") == "antivirus" and f.get("target") == path for f in findings):
+            continue  # already found (by clamd, or by this same list)
+        name = normalize_name(sig.name)
+        fresh = av_finding(path, str(e["sha256"]), int(e.get("size") or 0),
+                           int(e.get("mtime") or 0), name, "hash")  # fmt: skip
+        findings.append(to_jsonable(fresh))
+    stamp = {"at": utcnow(), "hash_signatures": sum(len(v) for v in table.values()),
+             "files_matched": matched, "files_checked": len(manifest)}  # fmt: skip
+    for root in roots:
+        section = (root.setdefault("sections", {})).setdefault("antivirus", {})
+        if isinstance(section, dict):
+            section["hash_rechecked"] = stamp
+    return merged

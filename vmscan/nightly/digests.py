@@ -28,6 +28,8 @@ def default_signatures_dir() -> Path:
 #: table) is a component of its own because only images with a Windows root depend on it.
 COMPONENT_CHECK: dict[str, str] = {
     "antivirus": "antivirus",
+    # vmscan's SHA-256 hash lists: re-matched against stored hashes, no guest read.
+    "antivirus:hashes": "antivirus",
     "patch": "patch",
     "patch:windows": "patch",
     "license": "license",
@@ -129,11 +131,11 @@ def data_digests(cfg: NightlyConfig, *, remote_clamd: str | None = None) -> dict
         out[component] = _digest({**head, **parts})
 
     if "antivirus" in cfg.checks:
-        digest = ""
+        content, hashes = "", ""
         try:
-            from vmscan.av.signatures import database_digest
+            from vmscan.av.signatures import split_digests
 
-            digest = database_digest(sig_dir / "clamav")
+            content, hashes = split_digests(sig_dir / "clamav")
         except (ImportError, OSError, TypeError) as exc:
             log.debug("signature digest from vmscan.av failed (%s); hashing files", exc)
         if cfg.clamd:
@@ -142,10 +144,11 @@ def data_digests(cfg: NightlyConfig, *, remote_clamd: str | None = None) -> dict
             engine = "managed:" + _clamd_binary_stamp() + ";" + _clamav_system_stamp()
         put(
             "antivirus",
-            own=digest or _data_tree(sig_dir / "clamav", ()),
+            own=content or _data_tree(sig_dir / "clamav", ()),
             engine=engine,
             av_scope=cfg.av_scope,
         )
+        put("antivirus:hashes", hashes=hashes or _data_tree(sig_dir / "clamav", ()))
     if "patch" in cfg.checks:
         digest = ""
         try:
@@ -177,11 +180,16 @@ def relevant_digests(digests: dict[str, str], os_types: list[str] | None) -> dic
     return {k: v for k, v in digests.items() if k not in WINDOWS_ONLY}
 
 
+def changed_components(old: dict[str, str], new: dict[str, str]) -> set[str]:
+    """Components whose digest differs (present in one only counts as changed)."""
+    return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+
+
 def changed_checks(
     old: dict[str, str], new: dict[str, str], checks: tuple[str, ...]
 ) -> tuple[str, ...]:
     """Checks (of ``checks``) at least one of whose components differs."""
-    names = {COMPONENT_CHECK.get(k, k) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    names = {COMPONENT_CHECK.get(k, k) for k in changed_components(old, new)}
     return tuple(c for c in checks if c in names)
 
 

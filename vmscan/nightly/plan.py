@@ -8,7 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vmscan.nightly.config import NightlyConfig
-from vmscan.nightly.digests import COMPONENT_CHECK, changed_checks, keys_for, relevant_digests
+from vmscan.nightly.digests import (
+    COMPONENT_CHECK,
+    changed_checks,
+    changed_components,
+    keys_for,
+    relevant_digests,
+)
 from vmscan.nightly.discovery import Source
 from vmscan.nightly.identity import chain_problems, source_identity
 from vmscan.state import StateDB
@@ -39,6 +45,9 @@ class PlanItem:
     #: A bounded antivirus re-check after a signature update: the kinds re-streamed
     #: ("" = the configured scope, every file).
     av_scope: str = ""
+    #: Only the SHA-256 hash lists changed: antivirus is re-matched against the stored
+    #: manifest hashes (vmscan.nightly.av_recheck.hash_recheck), the image is not opened.
+    av_hashes_only: bool = False
 
 
 def _storage_of(src: Source, how: str) -> str:
@@ -106,7 +115,17 @@ def plan(
                 if changed:
                     item.action, item.checks = "partial", tuple(changed)
                     item.reason = f"image unchanged; data changed for {', '.join(changed)}"
-                    if "antivirus" in changed:
+                    av_parts = {
+                        k
+                        for k in changed_components(old, relevant_digests(digests, os_types))
+                        if COMPONENT_CHECK.get(k) == "antivirus"
+                    }
+                    if av_parts == {"antivirus:hashes"} and cfg.manifest:
+                        item.av_hashes_only = True
+                        item.reason += (
+                            "; only hash signatures changed: matched against the stored file hashes"
+                        )
+                    elif "antivirus" in changed:
                         bounded_av_recheck(cfg, item, prev_meta)
                 else:
                     item.reason = "scan settings changed"

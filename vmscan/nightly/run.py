@@ -24,9 +24,9 @@ from vmscan.diff import iter_roots
 from vmscan.errors import VmscanError
 from vmscan.faults import stop_point
 from vmscan.model import ImageResult, ScanResult
-from vmscan.nightly.av_recheck import _av_engine, _av_full_scan, prune_verdicts
+from vmscan.nightly.av_recheck import _av_engine, _av_full_scan, hash_recheck, prune_verdicts
 from vmscan.nightly.config import NightlyConfig
-from vmscan.nightly.digests import data_digests, scan_key_for
+from vmscan.nightly.digests import data_digests, default_signatures_dir, scan_key_for
 from vmscan.nightly.discovery import discover
 from vmscan.nightly.merge import (
     OFFLINE_CHECKS,
@@ -261,18 +261,31 @@ def _execute(
         log.info("%s: %s", item.source.path, result.get("status"))
 
     offline_options: dict[str, Any] | None = None
+    sig_dir = Path(cfg.signatures_dir) if cfg.signatures_dir else default_signatures_dir()
     for it in items:
         if it.action != "partial" or not it.previous_digest:
             continue
-        offline = tuple(c for c in it.checks if c in OFFLINE_CHECKS)
-        online = tuple(c for c in it.checks if c not in OFFLINE_CHECKS)
-        if not offline:
+        inventory = tuple(c for c in it.checks if c in OFFLINE_CHECKS)
+        if not inventory and not (it.av_hashes_only and "antivirus" in it.checks):
             continue
-        if offline_options is None:
-            offline_options = {**plugin_options(cfg), "state_db": str(cfg.state_db)}
-        rechecked = offline_recheck(db.load_result(it.previous_digest), offline, offline_options)
-        if rechecked is None:
+        rechecked = db.load_result(it.previous_digest)
+        done_here: list[str] = []
+        if it.av_hashes_only and "antivirus" in it.checks:
+            hashed = hash_recheck(rechecked, sig_dir)
+            if hashed is not None:
+                rechecked = hashed
+                done_here.append("antivirus")
+        if inventory:
+            if offline_options is None:
+                offline_options = {**plugin_options(cfg), "state_db": str(cfg.state_db)}
+            again = offline_recheck(rechecked, inventory, offline_options)
+            if again is not None:
+                rechecked = again
+                done_here.extend(inventory)
+        if not done_here:
             continue
+        offline = tuple(c for c in it.checks if c in done_here)
+        online = tuple(c for c in it.checks if c not in done_here)
         rechecked.setdefault("errors", [])
         if online:
             # The rest needs the appliance: scanned for those checks only, merged into this.

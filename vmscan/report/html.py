@@ -229,6 +229,20 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
                 "not_scanned": dict(counts) if isinstance(counts, dict) else {},
                 "reasons": [str(r) for r in av.get("incomplete_reasons") or []][:10],
             }
+        as_of = state.get("antivirus_as_of") if isinstance(state.get("antivirus_as_of"), dict) else {}
+        hashed = [
+            ((r.get("sections") or {}).get("antivirus") or {}).get("hash_rechecked")
+            for r in iter_roots(img)
+        ]
+        hash_at = max((str(h.get("at", "")) for h in hashed if isinstance(h, dict)), default="")
+        av_as_of = None
+        if as_of or hash_at:
+            av_as_of = {
+                "engine": str(as_of.get("engine") or ""),
+                "date": str(as_of.get("date") or ""),
+                "kinds": [str(k) for k in as_of.get("kinds_rechecked") or []],
+                "hash_at": hash_at,
+            }
         incomplete = [
             {"root": i.root, "plugin": i.plugin, "status": i.status, "reason": bound(i.reason, 300)}
             for i in incomplete_plugins(img)
@@ -252,6 +266,7 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
                 "rescanned_checks": state.get("rescanned_checks") or [],
                 "changes": changes_by_source.get(img.get("source")),
                 "antivirus": av_view,
+                "av_as_of": av_as_of,
                 "disks": [
                     str(d.get("path", "")) for d in img.get("disks") or [] if isinstance(d, dict)
                 ],
