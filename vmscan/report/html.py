@@ -229,7 +229,8 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
                 "not_scanned": dict(counts) if isinstance(counts, dict) else {},
                 "reasons": [str(r) for r in av.get("incomplete_reasons") or []][:10],
             }
-        as_of = state.get("antivirus_as_of") if isinstance(state.get("antivirus_as_of"), dict) else {}
+        as_of = state.get("antivirus_as_of")
+        as_of = as_of if isinstance(as_of, dict) else {}
         hashed = [
             ((r.get("sections") or {}).get("antivirus") or {}).get("hash_rechecked")
             for r in iter_roots(img)
