@@ -57,7 +57,8 @@ def test_default_cache_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def _scan(out: Path, *args: str) -> dict[str, Any]:
-    main(["scan", "-q", "--manifest", "--checks", "antivirus", "-o", str(out), *args])
+    # The licence check too: its copyright files come from the blob cache on a rescan.
+    main(["scan", "-q", "--manifest", "--checks", "antivirus,license", "-o", str(out), *args])
     img: dict[str, Any] = json.loads(out.read_text())["images"][0]
     return img
 
@@ -120,6 +121,13 @@ def test_clone_streams_nothing(runs: dict[str, Any]) -> None:
     assert av["files_scanned"] == 0 and av["bytes_streamed"] == 0
     (root,) = clone["roots"]
     assert EICAR_PATH in {f["target"] for f in root["findings"]}
+    # The licences were read from the cached copyright files: the same as the cold scan's.
+    (cold_root,) = cold["roots"]
+    assert _licences(root) == _licences(cold_root) and any(_licences(root).values())
+
+
+def _licences(root: dict[str, Any]) -> dict[str, list[str]]:
+    return {p["name"]: sorted(p.get("licenses") or []) for p in root["packages"]}
 
 
 @pytest.mark.guest

@@ -16,6 +16,7 @@ that can be dropped at any time.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -111,3 +112,56 @@ class FileHashCache:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows[i : i + _BATCH],
                 )
+
+
+_BLOB_SCHEMA = """CREATE TABLE IF NOT EXISTS doc_blobs (
+    sha256 TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    seen_at INTEGER NOT NULL
+) WITHOUT ROWID"""
+#: Largest file kept by content (copyright files are a few KiB; the big ones are rare).
+MAX_BLOB_BYTES = 256 * 1024
+
+
+class BlobCache:
+    """Small guest files kept by their SHA-256 (``doc_blobs``, beside ``file_hashes``).
+
+    Content-addressed, so a row is right for any guest whose file has that hash: the
+    licence check's copyright files of a rescanned, cloned or sibling image are served
+    from here once the hash cache has given their hashes, instead of being streamed.
+    """
+
+    def __init__(self, path: str, busy_timeout_s: float = 60.0) -> None:
+        self.conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+        self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute(_BLOB_SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def get(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """The blobs held for *hashes* (lower-case hex)."""
+        wanted = sorted({h.lower() for h in hashes if h})
+        out: dict[str, bytes] = {}
+        for i in range(0, len(wanted), _BATCH):
+            part = wanted[i : i + _BATCH]
+            qs = ",".join("?" * len(part))
+            for sha, data in self.conn.execute(
+                f"SELECT sha256, data FROM doc_blobs WHERE sha256 IN ({qs})", part
+            ):
+                out[str(sha)] = bytes(data)
+        return out
+
+    def put(self, blobs: Iterable[bytes]) -> int:
+        """Store each blob under its own SHA-256 (computed here); how many were stored."""
+        now = int(time.time())
+        rows = [(hashlib.sha256(b).hexdigest(), b, now) for b in blobs if len(b) <= MAX_BLOB_BYTES]
+        for i in range(0, len(rows), _BATCH):
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO doc_blobs (sha256, data, seen_at) VALUES (?, ?, ?)",
+                    rows[i : i + _BATCH],
+                )
+        return len(rows)

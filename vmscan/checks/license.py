@@ -218,7 +218,10 @@ class LicenseCheck(Check):
                 )
 
         if any(package_kind(p) == "dpkg" for p in ctx.root.packages):
-            with prefetched_docs(ctx.handle, fs, ctx.manifest, notes) as docfs:
+            cache_db = ctx.options.get("state_db")
+            with prefetched_docs(
+                ctx.handle, fs, ctx.manifest, notes, str(cache_db) if cache_db else None
+            ) as docfs:
                 fill_licences(docfs, ctx.root.packages, lmap, notes)
         else:
             fill_licences(fs, ctx.root.packages, lmap, notes)

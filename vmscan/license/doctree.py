@@ -13,6 +13,7 @@ import contextlib
 import fnmatch
 import logging
 import posixpath
+import sqlite3
 import stat as statmod
 import tarfile
 import tempfile
@@ -22,9 +23,10 @@ from typing import Any
 
 from vmscan.completeness import info
 from vmscan.errors import GuestError, GuestReadError, TooLargeError
+from vmscan.filecache import BlobCache
 from vmscan.guestfs_view import DEFAULT_READ_LIMIT, GuestFS, Hive, Stat
 from vmscan.model import FileEntry
-from vmscan.stream import TarStream
+from vmscan.stream import TarStream, exclude_pattern
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,13 @@ def expected_tree_bytes(manifest: list[FileEntry]) -> int | None:
 class DocTreeFS:
     """A :class:`GuestFS` whose ``/usr/share/doc`` comes from a tar of the guest's."""
 
-    def __init__(self, fallback: GuestFS) -> None:
+    def __init__(self, fallback: GuestFS, *, metadata_from_fallback: bool = False) -> None:
         self.fallback = fallback
         # guest path → (Stat, data or link target)
         self.entries: dict[str, tuple[Stat, bytes | str]] = {}
+        #: Only file contents are held here (from the blob cache); stat, listdir and
+        #: readlink go to *fallback* (the indexed view: no round trip).
+        self.metadata_from_fallback = metadata_from_fallback
 
     @classmethod
     def from_tar(cls, tar_path: Path, fallback: GuestFS) -> DocTreeFS:
@@ -98,11 +103,13 @@ class DocTreeFS:
 
     def _mine(self, path: str) -> bool:
         norm = posixpath.normpath(path)
+        if self.metadata_from_fallback:
+            return norm in self.entries
         return norm == DOC_ROOT or norm.startswith(DOC_ROOT + "/")
 
     def lstat(self, path: str) -> Stat | None:
         norm = posixpath.normpath(path)
-        if norm in ("/", "/usr", "/usr/share"):
+        if norm in ("/", "/usr", "/usr/share") and not self.metadata_from_fallback:
             return Stat(statmod.S_IFDIR | 0o755, 0, 0, 0, 0)
         if self._mine(norm):
             e = self.entries.get(norm)
@@ -122,7 +129,7 @@ class DocTreeFS:
 
     def listdir(self, path: str) -> list[str]:
         norm = posixpath.normpath(path)
-        if not self._mine(norm):
+        if not self._mine(norm) or self.metadata_from_fallback:
             return self.fallback.listdir(path)
         return sorted(posixpath.basename(p) for p in self.entries if posixpath.dirname(p) == norm)
 
@@ -146,7 +153,7 @@ class DocTreeFS:
         return self._data(path)[1][:size]
 
     def readlink(self, path: str) -> str | None:
-        if not self._mine(path):
+        if not self._mine(path) or self.metadata_from_fallback:
             return self.fallback.readlink(path)
         e = self.entries.get(posixpath.normpath(path))
         return e[1] if e is not None and isinstance(e[1], str) else None
@@ -164,12 +171,73 @@ class DocTreeFS:
         return self.fallback.statvfs(path)
 
 
+def _copyright_entries(manifest: list[FileEntry]) -> dict[str, FileEntry]:
+    prefix = DOC_ROOT + "/"
+    return {
+        fe.path: fe
+        for fe in manifest
+        if fe.path.startswith(prefix)
+        and posixpath.basename(fe.path) == "copyright"
+        and not fe.error
+    }
+
+
+def _cached_blobs(cache_db: str | None, wanted: dict[str, FileEntry]) -> dict[str, bytes]:
+    """guest path -> content, for the copyright files whose hash the blob cache holds."""
+    hashes = {fe.sha256.lower() for fe in wanted.values() if fe.sha256}
+    if not cache_db or not hashes:
+        return {}
+    try:
+        cache = BlobCache(cache_db)
+        try:
+            blobs = cache.get(hashes)
+        finally:
+            cache.close()
+    except sqlite3.Error as e:
+        log.info("doc blob cache unusable (%s): copyright files streamed", e)
+        return {}
+    return {
+        p: blobs[fe.sha256.lower()]
+        for p, fe in wanted.items()
+        if fe.sha256 and fe.sha256.lower() in blobs
+    }
+
+
+def _remember(cache_db: str | None, view: DocTreeFS, wanted: dict[str, FileEntry]) -> None:
+    """Keep the streamed copyright files whole (not cut at MAX_MEMBER_BYTES) by content."""
+    if not cache_db:
+        return
+    blobs = [
+        data
+        for path, (st, data) in view.entries.items()
+        if path in wanted and isinstance(data, bytes) and len(data) == st.size
+    ]
+    try:
+        cache = BlobCache(cache_db)
+        try:
+            cache.put(blobs)
+        finally:
+            cache.close()
+    except sqlite3.Error as e:
+        log.info("doc blob cache not updated: %s", e)
+
+
 @contextlib.contextmanager
 def prefetched_docs(
-    handle: Any, fs: GuestFS, manifest: list[FileEntry], notes: list[str]
+    handle: Any,
+    fs: GuestFS,
+    manifest: list[FileEntry],
+    notes: list[str],
+    cache_db: str | None = None,
 ) -> Iterator[GuestFS]:
     """A view serving /usr/share/doc from one ``tar_out``; *fs* itself when that is not
-    possible (no handle, no manifest to size it, a tree too large, a failed transfer)."""
+    possible (no handle, no manifest to size it, a tree too large, a failed transfer).
+
+    With *cache_db*, copyright files whose hash (from the manifest, so from the hash
+    cache on a rescan) is in its blob cache are served from there and left out of the
+    stream; when that is all of them nothing is streamed and *fs* (the indexed view)
+    answers the metadata.
+    """
     if handle is None:
         yield fs
         return
@@ -181,11 +249,22 @@ def prefetched_docs(
             )
         yield fs
         return
+    wanted = _copyright_entries(manifest)
+    cached = _cached_blobs(cache_db, wanted)
+    if wanted and len(cached) == len(wanted):
+        view = DocTreeFS(fs, metadata_from_fallback=True)
+        for path, data in cached.items():
+            fe = wanted[path]
+            view.entries[path] = (Stat(statmod.S_IFREG | 0o644, fe.size, 0, 0, fe.mtime), data)
+        yield view
+        return
+    skip = [exclude_pattern(p[len(DOC_ROOT) + 1 :].encode()) for p in cached]
+    excludes = [*TAR_EXCLUDES, *(p for p in skip if p is not None)]
     with tempfile.TemporaryDirectory(prefix="vmscan-doc-") as tmp:
         tar_path = Path(tmp) / "doc.tar"
         try:
             if (
-                TarStream.to_file(handle, DOC_ROOT, str(tar_path), list(TAR_EXCLUDES))
+                TarStream.to_file(handle, DOC_ROOT, str(tar_path), excludes)
                 > MAX_TREE_BYTES + 64 * 1024 * 1024
             ):
                 raise GuestReadError("doc tree larger than the manifest said")
@@ -197,4 +276,8 @@ def prefetched_docs(
             )
             yield fs
             return
+        _remember(cache_db, view, wanted)
+        for path, data in cached.items():
+            fe = wanted[path]
+            view.entries[path] = (Stat(statmod.S_IFREG | 0o644, fe.size, 0, 0, fe.mtime), data)
         yield view
