@@ -67,3 +67,9 @@ def test_names_that_are_not_utf8_are_cut_like_any_other() -> None:
     out = bound_listing(names, WalkLimits(max_depth=2))
     assert out.names == names[:2]
     assert out.cuts[0].path == "/\\xff/\\xfe"
+
+
+def test_the_reason_never_depends_on_what_the_name_holds() -> None:
+    cut = Cut(b"a: b", "deeper than 4 levels", 1)
+    assert cut.reason() == "not walked: deeper than 4 levels; 1 entry below it not walked"
+    assert cut.message() == "/a: b: " + cut.reason()

@@ -115,6 +115,21 @@ def _hash_stream(
     return results, src.error
 
 
+def _not_examined(rel: bytes, mounts: list[tuple[str, str]], prefix: str, why: str) -> FileEntry:
+    """A listed path that was not examined: in the manifest with the reason, never a gap."""
+    return FileEntry(
+        device=_device_for("/" + rel.decode("utf-8", "replace"), mounts),
+        path=prefix + encode_path(b"/" + rel),
+        size=0,
+        mode=0,
+        uid=0,
+        gid=0,
+        mtime=0,
+        sha256=None,
+        error=why,
+    )
+
+
 def _not_in(listed: set[bytes]) -> Callable[[bytes], bool]:
     """Keeps a streamed path whose first component is not one of *listed*."""
     return lambda rel: rel.split(b"/", 1)[0] not in listed
@@ -219,17 +234,7 @@ def build_manifest(
                 for base in batch:
                     rel = parent + b"/" + base if parent else base
                     entries.append(
-                        FileEntry(
-                            device=_device_for("/" + rel.decode("utf-8"), mounts),
-                            path=prefix + encode_path(b"/" + rel),
-                            size=0,
-                            mode=0,
-                            uid=0,
-                            gid=0,
-                            mtime=0,
-                            sha256=None,
-                            error=f"cannot stat: {str(e)[:200]}",
-                        )
+                        _not_examined(rel, mounts, prefix, f"cannot stat: {str(e)[:200]}")
                     )
                 continue
             if walk is not None:
@@ -290,19 +295,7 @@ def build_manifest(
         for rel in sorted(n for n, d in escaped.items() if d == bad and n not in got):
             why = f"not delivered by tar_out ({err or 'missing from the stream'})"[:300]
             problems.append(f"{encode_path(b'/' + rel)}: {why}")
-            entries.append(
-                FileEntry(
-                    device=_device_for("/" + rel.decode("utf-8", "replace"), mounts),
-                    path=prefix + encode_path(b"/" + rel),
-                    size=0,
-                    mode=0,
-                    uid=0,
-                    gid=0,
-                    mtime=0,
-                    sha256=None,
-                    error=why,
-                )
-            )
+            entries.append(_not_examined(rel, mounts, prefix, why))
         for rel_in_dir, ti, digest in streamed:
             if not ti.isreg():
                 continue
@@ -321,19 +314,7 @@ def build_manifest(
                 )
             )
     for cut in listing.cuts:
-        entries.append(
-            FileEntry(
-                device=_device_for("/" + cut.folder.decode("utf-8", "replace"), mounts),
-                path=prefix + cut.path,
-                size=0,
-                mode=0,
-                uid=0,
-                gid=0,
-                mtime=0,
-                sha256=None,
-                error=cut.message().split(": ", 1)[1][:300],
-            )
-        )
+        entries.append(_not_examined(cut.folder, mounts, prefix, cut.reason()[:300]))
     if not sums_ok and not any(e.error for e in entries):
         log.debug("checksums_out failed but every file was hashed individually")
     entries.sort(key=lambda e: e.path)

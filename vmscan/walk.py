@@ -75,11 +75,15 @@ class Cut:
         """The folder as the report shows it (escaped, absolute)."""
         return encode_path(b"/" + self.folder)
 
-    def message(self) -> str:
-        """The ``errors[]``/manifest text: the folder, why, and what it cost."""
+    def reason(self) -> str:
+        """Why, and what it cost (the manifest entry's error)."""
         n = self.dropped
         more = f"; {n} {'entry' if n == 1 else 'entries'} below it not walked" if n else ""
-        return f"{self.path}: not walked: {self.why}{more}"
+        return f"not walked: {self.why}{more}"
+
+    def message(self) -> str:
+        """The ``errors[]`` line: the folder and :meth:`reason`."""
+        return f"{self.path}: {self.reason()}"
 
 
 @dataclass
