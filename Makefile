@@ -36,7 +36,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 test: setup lint
-	$(VENV)/bin/pytest -q --durations=25
+	$(VENV)/bin/pytest -q -n auto --dist loadfile --durations=25
 
 demo: setup
 	$(PY) -m fixtures demo --out .cache/demo
