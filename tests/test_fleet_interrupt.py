@@ -261,3 +261,40 @@ def test_coordinator_interrupted(
         assert wait_until(lambda: not _qemus(appliances), 60, 0.5), _qemus(appliances)
         assert not [d for d in sockdirs if os.path.exists(d)], sockdirs
     assert {n: (images / n).read_bytes() for n in NAMES} == before
+
+
+def test_interrupted_while_the_local_cluster_starts(images: Path, tmp_path: Path) -> None:
+    # SIGTERM while `local:1` is still starting its worker process: no appliance yet, but
+    # the cluster must not outlive the nightly (nor its scratch folder).
+    run_tmp = tmp_path / "run-tmp"
+    run_tmp.mkdir()
+    cfg = _config(tmp_path, images, "local:1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmscan", "nightly", "--config", str(cfg)],
+        env=_env(run_tmp),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def worker_starting() -> bool:
+            return proc.poll() is not None or any(
+                "spawn_main" in c for c in processes_with(str(run_tmp)).values()
+            )
+
+        assert wait_until(worker_starting, 300, 0.05)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    assert proc.returncode == 143, err[-3000:]
+    # The nightly closed the cluster it started (not Dask's exit hooks, reaping strays).
+    assert "stray process" not in err and "close_clusters" not in err, err[-3000:]
+    with StateDB(tmp_path / "state.db") as db:
+        (run,) = db.list_runs()
+        assert run.status == RUN_INTERRUPTED and db.image_rows(run.id) == []
+    assert wait_until(lambda: not leftovers(run_tmp, set()), 60, 0.5), leftovers(run_tmp, set())

@@ -8,10 +8,14 @@ meanwhile (no waiting for a wave's slowest image: shown by cause, not by a clock
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from vmscan import pool, runctl
 from vmscan.model import ImageResult, ImageStatus, ScanResult
@@ -77,8 +81,6 @@ def test_without_a_limit_the_jobs_bound_alone(tmp_path: Path) -> None:
 
 
 def _hanger(label: str, log_dir: str, conn: Connection, run: Any, wdir: Path) -> None:
-    import os
-
     os.setpgrp()  # as the scan worker does: the pool kills the group
     Path(log_dir, label).write_text(str(os.getpid()))
     time.sleep(120)
@@ -87,8 +89,6 @@ def _hanger(label: str, log_dir: str, conn: Connection, run: Any, wdir: Path) ->
 def test_cancelled_kills_the_running_and_reports_the_rest_not_scanned(tmp_path: Path) -> None:
     # A fleet task whose coordinator cancelled it: the pool asks ``cancelled`` while its
     # worker runs; once it says so, the worker is killed and nothing is reported scanned.
-    import os
-
     sources = ["A/0", "A/1"]
     asked: list[bool] = []
 
@@ -116,3 +116,14 @@ def test_cancelled_kills_the_running_and_reports_the_rest_not_scanned(tmp_path: 
     except OSError:
         alive = False
     assert not alive
+
+
+def test_deferred_interrupts_deliver_the_signal_after_the_block() -> None:
+    steps: list[str] = []
+    with runctl.interruptible(), pytest.raises(runctl.Interrupted) as info:
+        with runctl.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler would have run by now
+            steps.append("block finished")
+        steps.append("not reached")
+    assert steps == ["block finished"] and info.value.signum == signal.SIGTERM

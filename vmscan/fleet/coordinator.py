@@ -33,6 +33,7 @@ from typing import Any
 import dask
 from distributed import Client, Future, KilledWorker, LocalCluster, wait
 
+from vmscan import runctl
 from vmscan.fleet import FleetError, FleetJob, resource_name
 from vmscan.fleet.worker import advertised, preload_argv, scan_task
 from vmscan.model import ImageResult, ImageStatus
@@ -106,24 +107,28 @@ def connect(
                     }
                 )
             )
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=1,
-                    threads_per_worker=threads,
-                    processes=True,
-                    dashboard_address=None,
-                    host="127.0.0.1",
-                    local_directory=scratch,
-                    preload=["vmscan.fleet.worker"],
-                    preload_argv=preload_argv(
-                        storages,
-                        dict.fromkeys(storages, per_storage),
-                        # No clamd for a night without the antivirus check.
-                        clamd=any("antivirus" in j.checks for j in jobs),
-                    ),
+            # A SIGTERM in the middle of the start would leave a half-made cluster that
+            # nothing closes (its worker process reaped, if at all, at exit): it waits
+            # until the cluster is on the stack, which then closes it.
+            with runctl.deferred_interrupts():
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=1,
+                        threads_per_worker=threads,
+                        processes=True,
+                        dashboard_address=None,
+                        host="127.0.0.1",
+                        local_directory=scratch,
+                        preload=["vmscan.fleet.worker"],
+                        preload_argv=preload_argv(
+                            storages,
+                            dict.fromkeys(storages, per_storage),
+                            # No clamd for a night without the antivirus check.
+                            clamd=any("antivirus" in j.checks for j in jobs),
+                        ),
+                    )
                 )
-            )
-            client = stack.enter_context(Client(cluster))
+                client = stack.enter_context(Client(cluster))
         else:
             client = stack.enter_context(Client(scheduler, timeout=timeout))
         yield client
