@@ -8,10 +8,14 @@ meanwhile (no waiting for a wave's slowest image: shown by cause, not by a clock
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from vmscan import pool, runctl
 from vmscan.model import ImageResult, ImageStatus, ScanResult
@@ -74,3 +78,52 @@ def test_without_a_limit_the_jobs_bound_alone(tmp_path: Path) -> None:
     sources = [f"A/{i}" for i in range(4)]
     spans = _run(tmp_path, sources, ["A"] * 4, jobs=2, per=0)
     assert _most_at_once(list(spans.values())) == 2
+
+
+def _hanger(label: str, log_dir: str, conn: Connection, run: Any, wdir: Path) -> None:
+    os.setpgrp()  # as the scan worker does: the pool kills the group
+    Path(log_dir, label).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_cancelled_kills_the_running_and_reports_the_rest_not_scanned(tmp_path: Path) -> None:
+    # A fleet task whose coordinator cancelled it: the pool asks ``cancelled`` while its
+    # worker runs; once it says so, the worker is killed and nothing is reported scanned.
+    sources = ["A/0", "A/1"]
+    asked: list[bool] = []
+
+    def cancelled() -> bool:
+        started = Path(tmp_path, "A/0").exists()
+        asked.append(started)
+        return started
+
+    Path(tmp_path, "A").mkdir()
+    result = ScanResult(schema_version="1", vmscan_version="t", started_at="")
+    with runctl.run_scope() as run:
+        pool.run_images(
+            run, result, sources, worker=_hanger, worker_args=(str(tmp_path),), jobs=1,
+            timeout=60, clock=lambda: "", cancelled=cancelled,
+        )  # fmt: skip
+        assert not any(run.path.iterdir())  # the worker's folder went with it
+    assert [i.source for i in result.images] == sources
+    assert all(i.status == ImageStatus.ERROR for i in result.images)
+    assert all("cancelled" in i.errors[0] for i in result.images), result.images
+    assert asked[-1] is True and not Path(tmp_path, "A/1").exists()  # A/1 never started
+    pid = int(Path(tmp_path, "A/0").read_text())
+    try:
+        os.kill(pid, 0)
+        alive = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        alive = False
+    assert not alive
+
+
+def test_deferred_interrupts_deliver_the_signal_after_the_block() -> None:
+    steps: list[str] = []
+    with runctl.interruptible(), pytest.raises(runctl.Interrupted) as info:
+        with runctl.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler would have run by now
+            steps.append("block finished")
+        steps.append("not reached")
+    assert steps == ["block finished"] and info.value.signum == signal.SIGTERM

@@ -36,6 +36,12 @@ class _Running:
     sockdirs: set[str] = field(default_factory=set)
 
 
+#: How often (s) a pool with a ``cancelled`` callable asks it.
+_CANCEL_POLL = 1.0
+#: The reason of a source whose scan was cancelled (``run_images(cancelled=...)``).
+CANCELLED = "not scanned: the scan was cancelled (its coordinator stopped or gave it up)"
+
+
 def _kill_group(proc: mp.process.BaseProcess) -> None:
     if proc.pid is None:
         return
@@ -94,12 +100,17 @@ def run_images(
     file_progress: Callable[[str, int], None] | None = None,
     storage: list[str] | None = None,
     per_storage: int = 0,
+    cancelled: Callable[[], bool] | None = None,
 ) -> None:
     """Run ``worker(label, *worker_args, conn, run, wdir)`` per source, *jobs* at a time.
 
     With *storage* (a storage key per source) and *per_storage* > 0, at most that many
     sources of one key run at once: a semaphore per storage over one pool, so a free slot
     goes to the next source whose storage has room instead of waiting for a whole wave.
+
+    *cancelled* (polled about once a second): when it returns true, the workers are killed
+    like on a timeout and every unfinished source is reported not scanned (a fleet task
+    whose coordinator went away: a thread cannot be interrupted, its children can).
 
     Fills ``result.images`` in the order of *sources*. On :class:`runctl.Interrupted` the
     workers are killed, their folders removed, ``result`` is marked interrupted and set as
@@ -147,6 +158,8 @@ def run_images(
                 run.track_process(proc.pid)
                 running.append(_Running(label, idx, proc, parent, time.monotonic() + timeout, wdir))
             wait_s = max(0.1, min(r.deadline for r in running) - time.monotonic())
+            if cancelled is not None:
+                wait_s = min(wait_s, _CANCEL_POLL)
             ready = wait([r.conn for r in running], timeout=wait_s)
             now = time.monotonic()
             for r in list(running):
@@ -177,6 +190,13 @@ def run_images(
                     if keys is not None:
                         busy[keys[r.index]] -= 1
                     finish(r.index, res)
+            if cancelled is not None and (running or pending) and cancelled():
+                for r in running:
+                    _end_worker(r)
+                    r.conn.close()
+                for idx, label in [(r.index, r.label) for r in running] + pending:
+                    results[idx] = _not_finished(label, CANCELLED)
+                running, pending = [], []
     except runctl.Interrupted as exc:
         for r in running:
             _end_worker(r)

@@ -77,6 +77,32 @@ def interruptible() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back during the block, then deliver the first one that came.
+
+    For a step that must not be cut half-way (a cluster being started would be left with
+    processes nobody owns): the signal is raised again right after the block, to the
+    handler that was in place (main thread only; elsewhere a plain block).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        got.append(signum)
+
+    old = {s: signal.signal(s, hold) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if got:
+        signal.raise_signal(got[0])
+
+
 class _Janitor:
     """A forked process that cleans up after the parent if the parent dies without doing so."""
 

@@ -11,6 +11,11 @@ of waiting for ever. A worker that dies mid-image is the scheduler's to handle: 
 is rescheduled on another worker with the same resources, and after
 ``distributed.scheduler.allowed-failures`` deaths (1 for ``local:N``: retried once) it
 fails with ``KilledWorker``, which becomes the image's reason.
+
+Interrupted (SIGTERM/SIGINT raise :class:`vmscan.runctl.Interrupted` in the nightly), the
+results already back are still stored, every other task is cancelled (a worker scanning
+one kills its appliance), and a ``local:N`` cluster is closed with its scratch folder; the
+nightly marks the run interrupted and exits 128 + the signal, as on one host.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +33,7 @@ from typing import Any
 import dask
 from distributed import Client, Future, KilledWorker, LocalCluster, wait
 
+from vmscan import runctl
 from vmscan.fleet import FleetError, FleetJob, resource_name
 from vmscan.fleet.worker import advertised, preload_argv, scan_task
 from vmscan.model import ImageResult, ImageStatus
@@ -84,32 +92,43 @@ def connect(
             if threads < 1:
                 raise FleetError(f"--scheduler local:N wants N >= 1, got {scheduler[:100]!r}")
             storages = _local_storages(jobs)
+            # The scratch space of the scheduler and workers (Dask makes and leaves
+            # $TMPDIR/dask-scratch-space): a folder of this run, removed after the cluster.
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="vmscan-fleet-", ignore_cleanup_errors=True)
+            )
             stack.enter_context(
                 dask.config.set(
                     {
                         # Tasks fork the scan worker: a daemonic process may not have children.
                         "distributed.worker.daemon": False,
                         "distributed.scheduler.allowed-failures": 1,
+                        "temporary-directory": scratch,
                     }
                 )
             )
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=1,
-                    threads_per_worker=threads,
-                    processes=True,
-                    dashboard_address=None,
-                    host="127.0.0.1",
-                    preload=["vmscan.fleet.worker"],
-                    preload_argv=preload_argv(
-                        storages,
-                        dict.fromkeys(storages, per_storage),
-                        # No clamd for a night without the antivirus check.
-                        clamd=any("antivirus" in j.checks for j in jobs),
-                    ),
+            # A SIGTERM in the middle of the start would leave a half-made cluster that
+            # nothing closes (its worker process reaped, if at all, at exit): it waits
+            # until the cluster is on the stack, which then closes it.
+            with runctl.deferred_interrupts():
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=1,
+                        threads_per_worker=threads,
+                        processes=True,
+                        dashboard_address=None,
+                        host="127.0.0.1",
+                        local_directory=scratch,
+                        preload=["vmscan.fleet.worker"],
+                        preload_argv=preload_argv(
+                            storages,
+                            dict.fromkeys(storages, per_storage),
+                            # No clamd for a night without the antivirus check.
+                            clamd=any("antivirus" in j.checks for j in jobs),
+                        ),
+                    )
                 )
-            )
-            client = stack.enter_context(Client(cluster))
+                client = stack.enter_context(Client(cluster))
         else:
             client = stack.enter_context(Client(scheduler, timeout=timeout))
         yield client
@@ -231,42 +250,10 @@ def run_fleet(
                     w.get("host"),
                     " and ".join(differ),
                 )
-        opts_by_checks: dict[tuple[str, ...], Any] = {}
         pending: dict[Future[Any], tuple[FleetJob, tuple[str, ...]]] = {}
-        for j in jobs:
-            names, missing = _storages_of(j, roots)
-            if missing:
-                summary.unreachable += 1
-                known = ", ".join(f"{n}={','.join(sorted(p))}" for n, p in sorted(roots.items()))
-                on_done(
-                    _error(
-                        j.source,
-                        f"not scanned: no connected worker reads {missing[:300]} "
-                        f"(storages the workers read: {known or 'none'})",
-                    ),
-                    {"unreachable": True},
-                )
-                continue
-            opts = opts_by_checks.get(j.checks)
-            if opts is None:
-                opts = opts_by_checks[j.checks] = make_opts(j.checks)
-            wanted = {
-                k: v for k, v in (digests or {}).items() if _digest_checks().get(k) in j.checks
-            }
-            fut = client.submit(
-                scan_task,
-                j,
-                names,
-                opts,
-                wanted,
-                resources={resource_name(n): 1 for n in names},
-                pure=False,
-                key=f"vmscan-scan-{summary.submitted}-{os.path.basename(j.source)[:80]}",
-            )
-            summary.submitted += 1
-            pending[fut] = (j, names)
         orphaned_since: dict[Future[Any], float] = {}
         try:
+            _submit(client, jobs, roots, make_opts, on_done, digests, summary, pending)
             while pending:
                 try:
                     done, _ = wait(list(pending), timeout=poll, return_when="FIRST_COMPLETED")
@@ -300,12 +287,71 @@ def run_fleet(
                             ),
                             {"unreachable": True, "storages": list(names)},
                         )
+        except KeyboardInterrupt:  # runctl.Interrupted (SIGTERM, SIGINT) or ^C
+            # Results that had already come back are stored, as the single-host pool keeps
+            # those waiting in its workers' pipes; the nightly then marks the run.
+            for fut, (j, names) in list(pending.items()):
+                if fut.status == "finished":
+                    pending.pop(fut)
+                    with contextlib.suppress(Exception):
+                        _deliver(client, fut, j, names, on_done, summary, timeout=30)
+            raise
         finally:
-            # Interrupted: what is still queued is dropped (a task already running on a
-            # worker finishes there, its result unread); the nightly marks the run.
-            for fut in pending:
-                fut.cancel()
+            # Every task not delivered is cancelled: queued ones are dropped, and a worker
+            # still scanning one stops its appliance (vmscan.fleet.worker polls for that).
+            if pending:
+                with contextlib.suppress(Exception):
+                    client.cancel(list(pending))
     return summary
+
+
+def _submit(
+    client: Client,
+    jobs: list[FleetJob],
+    roots: dict[str, set[str]],
+    make_opts: Callable[[tuple[str, ...]], Any],
+    on_done: OnDone,
+    digests: dict[str, str] | None,
+    summary: FleetSummary,
+    pending: dict[Future[Any], tuple[FleetJob, tuple[str, ...]]],
+) -> None:
+    """One task per job, placed by storage, into *pending* as each is sent (an interrupt
+    in between leaves there exactly what must be cancelled); unreachable ones reported."""
+    opts_by_checks: dict[tuple[str, ...], Any] = {}
+    # Keys unique to this run: a task of an earlier, interrupted night may still be
+    # executing (cancelled) on a worker, and the same key would resume it and take its
+    # result for tonight's.
+    token = uuid.uuid4().hex[:12]
+    for j in jobs:
+        names, missing = _storages_of(j, roots)
+        if missing:
+            summary.unreachable += 1
+            known = ", ".join(f"{n}={','.join(sorted(p))}" for n, p in sorted(roots.items()))
+            on_done(
+                _error(
+                    j.source,
+                    f"not scanned: no connected worker reads {missing[:300]} "
+                    f"(storages the workers read: {known or 'none'})",
+                ),
+                {"unreachable": True},
+            )
+            continue
+        opts = opts_by_checks.get(j.checks)
+        if opts is None:
+            opts = opts_by_checks[j.checks] = make_opts(j.checks)
+        wanted = {k: v for k, v in (digests or {}).items() if _digest_checks().get(k) in j.checks}
+        fut = client.submit(
+            scan_task,
+            j,
+            names,
+            opts,
+            wanted,
+            resources={resource_name(n): 1 for n in names},
+            pure=False,
+            key=f"vmscan-scan-{token}-{summary.submitted}-{os.path.basename(j.source)[:80]}",
+        )
+        summary.submitted += 1
+        pending[fut] = (j, names)
 
 
 def _deliver(
@@ -315,11 +361,13 @@ def _deliver(
     names: tuple[str, ...],
     on_done: OnDone,
     summary: FleetSummary,
+    *,
+    timeout: float | None = None,
 ) -> None:
     retries = _retries(client, str(fut.key))
     if fut.status == "finished":
         try:
-            img, where = fut.result()
+            img, where = fut.result(timeout=timeout)
         except Exception as exc:  # a result that does not unpickle: that image only
             img, where = _error(job.source, f"the worker's result could not be read: {exc}"), {}
         where["retries"] = retries

@@ -22,6 +22,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,25 @@ def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+def _cancelled_check(worker: Worker) -> Callable[[], bool] | None:
+    """A callable telling whether this task was cancelled (None outside a Dask task).
+
+    A client that cancels a future, or goes away, makes the scheduler release the key; a
+    worker still executing it marks it ``cancelled`` and lets the thread run on. The scan
+    polls this to kill its appliance instead of finishing an image nobody will read.
+    """
+    try:
+        key = worker.get_current_task()
+    except KeyError:  # not called from a task's thread
+        return None
+
+    def cancelled() -> bool:
+        ts = worker.state.tasks.get(key)
+        return ts is None or ts.state == "cancelled"
+
+    return cancelled
+
+
 def scan_task(
     job: FleetJob,
     storages: tuple[str, ...],
@@ -264,10 +284,16 @@ def scan_task(
                 jobs=1,
                 timeout=wopts.timeout,
                 clock=scanner.now_iso,
+                cancelled=_cancelled_check(worker),
             )
         finally:
             run.close()
         res = result.images[0]
+        if pool.CANCELLED in res.errors:
+            # Nobody reads this result; the operator reads the worker's log.
+            log.warning(
+                "%s: scan cancelled by the coordinator; its appliance was stopped", job.source
+            )
     finished = time.time()
     where.update(
         started_at=_iso(started),
