@@ -74,3 +74,21 @@ def test_without_a_limit_the_jobs_bound_alone(tmp_path: Path) -> None:
     sources = [f"A/{i}" for i in range(4)]
     spans = _run(tmp_path, sources, ["A"] * 4, jobs=2, per=0)
     assert _most_at_once(list(spans.values())) == 2
+
+
+def test_a_source_waits_for_the_one_it_comes_after(tmp_path: Path) -> None:
+    """``after``: img@1 and img@2 start only once img has finished (they take its files
+    from the hash cache); another image takes the free slot meanwhile (img runs until it
+    has finished)."""
+    sources = ["img-slow", "img@1", "img@2", "B/1"]
+    result = ScanResult(schema_version="1", vmscan_version="t", started_at="")
+    with runctl.run_scope() as run:
+        pool.run_images(
+            run, result, sources, worker=_sleeper, worker_args=(str(tmp_path),), jobs=2,
+            timeout=60, clock=lambda: "", after=[None, 0, 0, None],
+        )  # fmt: skip
+    assert [i.source for i in result.images] == sources
+    spans = {s: Path(tmp_path, s.replace("/", "_")).read_text().split() for s in sources}
+    base_end = float(spans["img-slow"][1])
+    assert float(spans["img@1"][0]) >= base_end and float(spans["img@2"][0]) >= base_end
+    assert float(spans["B/1"][1]) <= base_end  # it ran in the free slot, beside img
