@@ -311,3 +311,93 @@ def test_nightly_discovers_and_scans_the_domains_of_a_connection(
     assert again[f"libvirt:{URI}/{running.name()}"] == "scan"
     assert running.isActive() and running.XMLDesc(0) == xml_before
     assert running.jobInfo()[0] == 0  # no backup job left
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process under *pid*."""
+    children: dict[int, list[int]] = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z":
+                children.setdefault(int(stat[1]), []).append(int(p))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
+
+
+def test_domain_that_disappears_mid_scan(conn: Any, domains: dict[str, Any]) -> None:
+    """Destroyed and undefined while its backup view is being read: that image is a clear
+    error, the other image of the run is scanned, and nothing is left (no backup folder, no
+    NBD export, no VM or appliance qemu, no guardian)."""
+    from vmscan.scanner import ScanOptions, scan_sources
+
+    disk = domains["folder"] / "vanishing.qcow2"
+    shutil.copyfile(fixtures.build("debian-lvm", "qcow2"), disk)
+    name = f"vmscan-gone-{uuid.uuid4().hex[:8]}"
+    dom = conn.defineXML(DOMAIN_XML.format(name=name, disk=disk))
+    dom.create()
+    label, other = f"libvirt:{name}", f"libvirt:{domains['off'].name()}"
+    tmp_before = set(os.listdir("/tmp"))
+    seen: dict[str, Any] = {}
+
+    def vanish_while_reading(source: str, _files: int) -> None:
+        """At the first files the walk of the domain's view reports: every appliance of
+        this run is stopped while the domain is destroyed and undefined, then let go on,
+        so that the rest of the scan reads a view that is gone."""
+        if source != label or seen:
+            return
+        seen["folders"] = [
+            d for d in set(os.listdir("/tmp")) - tmp_before if d.startswith("vmscan-backup-")
+        ]
+        qemus = [p for p in _descendants(os.getpid()) if b"qemu-system" in _cmdline(p)]
+        seen["qemus"] = qemus
+        for p in qemus:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            dom.destroy()
+            dom.undefine()
+        finally:
+            for p in qemus:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGCONT)
+
+    try:
+        opts = ScanOptions(jobs=2, manifest=True, checks=(), timeout=600, libvirt_uri=URI)
+        result = scan_sources([label, other], opts, file_progress=vanish_while_reading)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+    assert seen.get("qemus"), "the scan of the domain never reported its walk"
+    gone, kept = result.images
+    assert gone.status == "error"
+    assert gone.errors[-1].startswith(
+        f"{label}: the domain disappeared (destroyed and undefined) during the scan: "
+        "the point-in-time view went with it"
+    ), gone.errors
+    assert kept.status in ("ok", "partial"), kept.errors
+    assert EICAR_PATH in {e.path for e in kept.manifest}
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(name)
+    # The backup's folder (socket, scratch file) is gone, and nothing serves or reads it.
+    assert len(seen["folders"]) == 1
+    assert not (Path("/tmp") / seen["folders"][0]).exists()
+    assert _descendants(os.getpid()) == set()  # workers, guardians, appliances
+    leftover = [
+        p
+        for p in filter(str.isdigit, os.listdir("/proc"))
+        if name.encode() in _cmdline(int(p)) or seen["folders"][0].encode() in _cmdline(int(p))
+    ]
+    assert leftover == []

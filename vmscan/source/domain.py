@@ -234,6 +234,24 @@ def _begin(lv: Any, dom: Any, xml: str) -> tuple[str, str]:
     return "crash-consistent", f"guest agent did not freeze the filesystems: {why}"
 
 
+_LOST = "the point-in-time view went with it and this image was not scanned to the end"
+
+
+def _view_lost(lv: Any, dom: Any) -> str:
+    """Why the backup's view is gone ("" while the domain runs and the job holds)."""
+    try:
+        if not dom.isActive():
+            return "the domain was stopped"
+        if dom.jobInfo()[0] == lv.VIR_DOMAIN_JOB_NONE:
+            return "the backup job was ended by someone else"
+    except lv.libvirtError as e:
+        if e.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+            return "the domain disappeared (destroyed and undefined)"
+        # Not known to be gone: the reads say whether the view held.
+        log.warning("could not ask about the backup job: %s", _msg(e))
+    return ""
+
+
 _UNSUPPORTED = (
     "VIR_ERR_NO_SUPPORT",
     "VIR_ERR_OPERATION_UNSUPPORTED",
@@ -338,7 +356,16 @@ def open_domain(
                 if time.monotonic() > deadline:
                     raise ImageTimeoutError(f"{label}: the backup's NBD server did not start")
                 time.sleep(0.05)
-        yield tuple(report), tuple(views)
+        try:
+            yield tuple(report), tuple(views)
+        except Exception as e:
+            lost = _view_lost(lv, dom) if job else ""
+            if lost:  # say why the reads failed, not how
+                raise ImageError(f"{label}: {lost} during the scan: {_LOST}") from e
+            raise
+        lost = _view_lost(lv, dom) if job else ""
+        if lost:  # reads may have failed quietly (files unreadable): nothing here holds
+            raise ImageError(f"{label}: {lost} during the scan: {_LOST}")
     finally:
         if job and dom is not None:
             try:
