@@ -401,3 +401,48 @@ def test_domain_that_disappears_mid_scan(conn: Any, domains: dict[str, Any]) -> 
         if name.encode() in _cmdline(int(p)) or seen["folders"][0].encode() in _cmdline(int(p))
     ]
     assert leftover == []
+
+
+def test_backup_refused_means_a_live_read_said_so(
+    conn: Any, domains: dict[str, Any], tmp_path: Path
+) -> None:
+    """A running domain whose disk libvirt will not back up (a ``<transient/>`` disk: the
+    qemu driver refuses block jobs on it, the backup included) is read from its files as
+    they are, and the report says that this is no point-in-time view."""
+    from vmscan.report.html import render_html
+
+    disk = domains["folder"] / "transient.qcow2"
+    shutil.copyfile(fixtures.build("debian-lvm", "qcow2"), disk)
+    xml = DOMAIN_XML.replace("bus='virtio'/>", "bus='virtio'/>\n      <transient/>")
+    dom = conn.createXML(xml.format(name=f"vmscan-transient-{uuid.uuid4().hex[:8]}", disk=disk), 0)
+    out = tmp_path / "report.json"
+    try:
+        live_xml, disk_hash = dom.XMLDesc(0), sha256_file(disk)
+        rc = main(
+            ["scan", "-q", "--manifest", "--checks", "none", "--connect", URI, "-o", str(out),
+             f"libvirt:{dom.name()}"]
+        )  # fmt: skip
+        assert dom.isActive() and dom.XMLDesc(0) == live_xml
+        assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+    doc = json.loads(out.read_text())
+    (img,) = doc["images"]
+    assert rc == 0 and img["status"] in ("ok", "partial"), img["errors"]
+    (d,) = img["disks"]
+    assert d["point"]["kind"] == d["point"]["consistency"] == "live-read"
+    note = d["point"]["note"]
+    assert note.startswith("not a point-in-time view, the files were read live while the VM ran")
+    assert "backup API unavailable: " in note and "transient disk" in note, note
+    assert EICAR_PATH in {e["path"] for e in img["manifest"]}
+    # What was read is the disk as the VM sees it now: libvirt's transient overlay (vetted,
+    # its backing file the disk) with the VM's writes.
+    assert [(Path(la["path"]).parent, la["format"]) for la in d["layers"]] == [
+        (disk.parent, "qcow2"),
+        (disk.parent, "qcow2"),
+    ]
+    assert d["layers"][0]["path"] == str(disk) and d["path"] == d["layers"][1]["path"]
+    html = render_html(doc)
+    assert "consistency: <b>live-read</b> (not a point-in-time view" in html
+    assert sha256_file(disk) == disk_hash  # the VM's writes went to its transient overlay

@@ -234,6 +234,7 @@ def _begin(lv: Any, dom: Any, xml: str) -> tuple[str, str]:
     return "crash-consistent", f"guest agent did not freeze the filesystems: {why}"
 
 
+_LIVE = "not a point-in-time view, the files were read live while the VM ran: "
 _LOST = "the point-in-time view went with it and this image was not scanned to the end"
 
 
@@ -322,7 +323,7 @@ def open_domain(
         guardian.arm(uri, dom.UUIDString(), sock)
         note = ""
         if not hasattr(dom, "backupBegin"):  # bindings older than libvirt 6.0
-            consistency, note = "live-read", "backup API unavailable in these libvirt bindings"
+            consistency, note = "live-read", _LIVE + "backup API not in these libvirt bindings"
         else:
             try:
                 consistency, note = _begin(lv, dom, bxml)
@@ -331,7 +332,7 @@ def open_domain(
                 code = e.get_error_code()
                 if not any(getattr(lv, n, None) == code for n in _UNSUPPORTED):
                     raise ImageError(f"{label}: the backup could not start: {_msg(e)}") from e
-                consistency, note = "live-read", f"backup API unavailable: {_msg(e)}"
+                consistency, note = "live-read", _LIVE + f"backup API unavailable: {_msg(e)}"
         base = {"kind": "backup", "consistency": consistency, "domain": name, "uri": uri}
         if note:
             base["note"] = note[:500]
@@ -341,8 +342,10 @@ def open_domain(
             fmt = dtype or "raw"
             layers = _live_layers(root, target)
             if consistency == "live-read":
+                # The VM's own files, opened like any image: vetted first (backing files
+                # inside the allowed folders, formats recorded); qemu-img runs with -U.
                 point = {**base, "kind": "live-read", "target": target}
-                d = DiskRef(file, fmt, None, (), layers=layers, point=point)
+                d = _with(check_disk(file, disk_format or fmt, allow_backing, budget), point=point)
                 report.append(d)
                 views.append(d)
                 continue
