@@ -446,3 +446,84 @@ def test_backup_refused_means_a_live_read_said_so(
     html = render_html(doc)
     assert "consistency: <b>live-read</b> (not a point-in-time view" in html
     assert sha256_file(disk) == disk_hash  # the VM's writes went to its transient overlay
+
+
+AGENT_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>384</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def _agent(dom: Any, command: str) -> Any:
+    import libvirt_qemu
+
+    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command}), 5, 0))
+
+
+def test_agent_answers_so_the_view_is_quiesced(
+    conn: Any, domains: dict[str, Any], tmp_path: Path
+) -> None:
+    """A VM that runs qemu-guest-agent (fixtures.agent: the host's kernel, an initramfs
+    with qemu-ga, the disk's /boot mounted): its filesystems are frozen while the backup
+    starts, thawed right after, and the report says ``quiesced``."""
+    from fixtures import agent
+
+    why = agent.missing()
+    if why:
+        pytest.skip(why)
+    kernel, initrd = agent.build_initrd()
+    folder = domains["folder"]
+    for f in (kernel, initrd):  # libvirt labels the files it boots: copies, not the cache's
+        shutil.copyfile(f, folder / f.name)
+    disk = folder / "agent.qcow2"
+    shutil.copyfile(fixtures.build("debian-lvm", "qcow2"), disk)
+    name = f"vmscan-agent-{uuid.uuid4().hex[:8]}"
+    xml = AGENT_XML.format(
+        name=name, kernel=folder / kernel.name, initrd=folder / initrd.name, disk=disk
+    )
+    dom = conn.createXML(xml, 0)
+    out = tmp_path / "report.json"
+    try:
+        for _ in range(600):  # the kernel boots under TCG: a minute or two on a busy host
+            with contextlib.suppress(libvirt.libvirtError):
+                if _agent(dom, "guest-ping") == {"return": {}}:
+                    break
+            time.sleep(0.5)
+        assert _agent(dom, "guest-ping") == {"return": {}}
+        live_xml = dom.XMLDesc(0)
+        rc = main(
+            ["scan", "-q", "--manifest", "--checks", "none", "--connect", URI, "-o", str(out),
+             f"libvirt:{name}"]
+        )  # fmt: skip
+        assert dom.isActive() and dom.XMLDesc(0) == live_xml
+        assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+        assert _agent(dom, "guest-fsfreeze-status") == {"return": "thawed"}
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+    (img,) = json.loads(out.read_text())["images"]
+    assert rc == 0 and img["status"] in ("ok", "partial"), img["errors"]
+    (d,) = img["disks"]
+    assert d["point"]["kind"] == "backup"
+    assert d["point"]["consistency"] == "quiesced"
+    assert "note" not in d["point"]
+    assert EICAR_PATH in {e["path"] for e in img["manifest"]}

@@ -217,8 +217,10 @@ def _begin(lv: Any, dom: Any, xml: str) -> tuple[str, str]:
     frozen = False
     if not why:
         try:
-            dom.fsFreeze()
+            count = dom.fsFreeze()
             frozen = True
+            if not count:  # nothing frozen (no filesystem it can freeze): not quiesced
+                why = "it froze no filesystem"
         except lv.libvirtError as e:
             why = _msg(e)
     try:
@@ -229,7 +231,7 @@ def _begin(lv: Any, dom: Any, xml: str) -> tuple[str, str]:
                 dom.fsThaw()
             except lv.libvirtError as e:
                 log.error("the guest's filesystems could not be thawed: %s", _msg(e))
-    if frozen:
+    if frozen and not why:
         return "quiesced", ""
     return "crash-consistent", f"guest agent did not freeze the filesystems: {why}"
 
