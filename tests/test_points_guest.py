@@ -240,7 +240,26 @@ def test_chain_reported_and_unchanged(chain_run: dict[str, Any]) -> None:
     assert chain_run["after"] == chain_run["before"]
 
 
-def _qemu_nbd_pids(img: Path) -> dict[int, list[bytes]]:
+def _is_ours(pid: int) -> bool:
+    """True when *pid* descends from this test process (not another run on the same image)."""
+    for _ in range(64):
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == os.getpid():
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def _qemu_nbd_pids(img: Path, socket: bytes = b"") -> dict[int, list[bytes]]:
+    """qemu-nbd serving *img* (on *socket* when given; else only those under this test).
+
+    The fixture image is shared by every checkout's test runs: another run's qemu-nbd of
+    it must never be stopped here, nor taken for one this scan left behind.
+    """
     out: dict[int, list[bytes]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -248,7 +267,9 @@ def _qemu_nbd_pids(img: Path) -> dict[int, list[bytes]]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if cmd[0].endswith(b"qemu-nbd") and str(img).encode() in cmd and state != "Z":
+        if not cmd[0].endswith(b"qemu-nbd") or str(img).encode() not in cmd or state == "Z":
+            continue
+        if (socket in cmd) if socket else _is_ours(int(pid)):
             out[int(pid)] = cmd
     return out
 
@@ -258,6 +279,7 @@ def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
     img = points.build_snapshots()
     before = _state([img], img)
     stopped: list[int] = []
+    sockets: list[bytes] = []
     done = threading.Event()
 
     def freeze_once_listening() -> None:
@@ -267,6 +289,7 @@ def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
                 if os.path.exists(sock):
                     os.kill(pid, signal.SIGSTOP)
                     stopped.append(pid)
+                    sockets.append(sock.encode())
             time.sleep(0.005)
 
     t = threading.Thread(target=freeze_once_listening, daemon=True)
@@ -294,8 +317,8 @@ def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
     assert rc == 2
     assert result["status"] == "error" and "timed out" in result["errors"][0]
     for _ in range(100):
-        if not _qemu_nbd_pids(img):
+        if not _qemu_nbd_pids(img, sockets[0]):
             break
         time.sleep(0.1)
-    assert _qemu_nbd_pids(img) == {}
+    assert _qemu_nbd_pids(img, sockets[0]) == {}  # reparented or not, it is gone
     assert _state([img], img) == before
