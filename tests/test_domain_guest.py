@@ -473,10 +473,11 @@ AGENT_XML = """<domain type='qemu'>
 </domain>"""
 
 
-def _agent(dom: Any, command: str) -> Any:
+def _agent(dom: Any, command: str, **arguments: Any) -> Any:
     import libvirt_qemu
 
-    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command}), 5, 0))
+    cmd = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(cmd), 5, 0))
 
 
 def test_agent_answers_so_the_view_is_quiesced(
@@ -484,7 +485,8 @@ def test_agent_answers_so_the_view_is_quiesced(
 ) -> None:
     """A VM that runs qemu-guest-agent (fixtures.agent: the host's kernel, an initramfs
     with qemu-ga, the disk's /boot mounted): its filesystems are frozen while the backup
-    starts, thawed right after, and the report says ``quiesced``."""
+    starts, thawed right after, and the report says ``quiesced``. Once nothing is mounted
+    the agent still answers but freezes nothing: that view is only crash-consistent."""
     from fixtures import agent
 
     why = agent.missing()
@@ -501,7 +503,8 @@ def test_agent_answers_so_the_view_is_quiesced(
         name=name, kernel=folder / kernel.name, initrd=folder / initrd.name, disk=disk
     )
     dom = conn.createXML(xml, 0)
-    out = tmp_path / "report.json"
+    out, out2 = tmp_path / "report.json", tmp_path / "unmounted.json"
+    argv = ["scan", "-q", "--manifest", "--checks", "none", "--connect", URI, "-o"]
     try:
         for _ in range(600):  # the kernel boots under TCG: a minute or two on a busy host
             with contextlib.suppress(libvirt.libvirtError):
@@ -510,13 +513,19 @@ def test_agent_answers_so_the_view_is_quiesced(
             time.sleep(0.5)
         assert _agent(dom, "guest-ping") == {"return": {}}
         live_xml = dom.XMLDesc(0)
-        rc = main(
-            ["scan", "-q", "--manifest", "--checks", "none", "--connect", URI, "-o", str(out),
-             f"libvirt:{name}"]
-        )  # fmt: skip
+        rc = main([*argv, str(out), f"libvirt:{name}"])
         assert dom.isActive() and dom.XMLDesc(0) == live_xml
         assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
         assert _agent(dom, "guest-fsfreeze-status") == {"return": "thawed"}
+        pid = _agent(dom, "guest-exec", path="/bin/umount", arg=["/mnt"])["return"]["pid"]
+        for _ in range(100):
+            status = _agent(dom, "guest-exec-status", pid=pid)["return"]
+            if status["exited"]:
+                break
+            time.sleep(0.2)
+        assert status == {"exited": True, "exitcode": 0}, status
+        rc2 = main([*argv, str(out2), f"libvirt:{name}"])
+        assert dom.isActive() and _agent(dom, "guest-fsfreeze-status") == {"return": "thawed"}
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             dom.destroy()
@@ -527,3 +536,8 @@ def test_agent_answers_so_the_view_is_quiesced(
     assert d["point"]["consistency"] == "quiesced"
     assert "note" not in d["point"]
     assert EICAR_PATH in {e["path"] for e in img["manifest"]}
+    (img2,) = json.loads(out2.read_text())["images"]
+    assert rc2 == 0 and img2["status"] in ("ok", "partial"), img2["errors"]
+    point = img2["disks"][0]["point"]
+    assert point["consistency"] == "crash-consistent"
+    assert point["note"] == "guest agent did not freeze the filesystems: it froze no filesystem"
