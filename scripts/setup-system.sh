@@ -6,6 +6,7 @@ PKGS=(
   libguestfs-tools python3-guestfs linux-image-amd64 qemu-utils python3-venv
   clamav-daemon clamav clamdscan debootstrap rpm libhivex-bin python3-hivex sqlite3 xz-utils
   chromium gdisk cryptsetup-bin libvirt-daemon-system libvirt-clients python3-libvirt
+  qemu-guest-agent cpio
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -311,3 +311,233 @@ def test_nightly_discovers_and_scans_the_domains_of_a_connection(
     assert again[f"libvirt:{URI}/{running.name()}"] == "scan"
     assert running.isActive() and running.XMLDesc(0) == xml_before
     assert running.jobInfo()[0] == 0  # no backup job left
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process under *pid*."""
+    children: dict[int, list[int]] = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z":
+                children.setdefault(int(stat[1]), []).append(int(p))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b""
+
+
+def test_domain_that_disappears_mid_scan(conn: Any, domains: dict[str, Any]) -> None:
+    """Destroyed and undefined while its backup view is being read: that image is a clear
+    error, the other image of the run is scanned, and nothing is left (no backup folder, no
+    NBD export, no VM or appliance qemu, no guardian)."""
+    from vmscan.scanner import ScanOptions, scan_sources
+
+    disk = domains["folder"] / "vanishing.qcow2"
+    shutil.copyfile(fixtures.build("debian-lvm", "qcow2"), disk)
+    name = f"vmscan-gone-{uuid.uuid4().hex[:8]}"
+    dom = conn.defineXML(DOMAIN_XML.format(name=name, disk=disk))
+    dom.create()
+    label, other = f"libvirt:{name}", f"libvirt:{domains['off'].name()}"
+    tmp_before = set(os.listdir("/tmp"))
+    seen: dict[str, Any] = {}
+
+    def vanish_while_reading(source: str, _files: int) -> None:
+        """At the first files the walk of the domain's view reports: every appliance of
+        this run is stopped while the domain is destroyed and undefined, then let go on,
+        so that the rest of the scan reads a view that is gone."""
+        if source != label or seen:
+            return
+        seen["folders"] = [
+            d for d in set(os.listdir("/tmp")) - tmp_before if d.startswith("vmscan-backup-")
+        ]
+        qemus = [p for p in _descendants(os.getpid()) if b"qemu-system" in _cmdline(p)]
+        seen["qemus"] = qemus
+        for p in qemus:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            dom.destroy()
+            dom.undefine()
+        finally:
+            for p in qemus:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGCONT)
+
+    try:
+        opts = ScanOptions(jobs=2, manifest=True, checks=(), timeout=600, libvirt_uri=URI)
+        result = scan_sources([label, other], opts, file_progress=vanish_while_reading)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.undefine()
+    assert seen.get("qemus"), "the scan of the domain never reported its walk"
+    gone, kept = result.images
+    assert gone.status == "error"
+    assert gone.errors[-1].startswith(
+        f"{label}: the domain disappeared (destroyed and undefined) during the scan: "
+        "the point-in-time view went with it"
+    ), gone.errors
+    assert kept.status in ("ok", "partial"), kept.errors
+    assert EICAR_PATH in {e.path for e in kept.manifest}
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(name)
+    # The backup's folder (socket, scratch file) is gone, and nothing serves or reads it.
+    assert len(seen["folders"]) == 1
+    assert not (Path("/tmp") / seen["folders"][0]).exists()
+    assert _descendants(os.getpid()) == set()  # workers, guardians, appliances
+    leftover = [
+        p
+        for p in filter(str.isdigit, os.listdir("/proc"))
+        if name.encode() in _cmdline(int(p)) or seen["folders"][0].encode() in _cmdline(int(p))
+    ]
+    assert leftover == []
+
+
+def test_backup_refused_means_a_live_read_said_so(
+    conn: Any, domains: dict[str, Any], tmp_path: Path
+) -> None:
+    """A running domain whose disk libvirt will not back up (a ``<transient/>`` disk: the
+    qemu driver refuses block jobs on it, the backup included) is read from its files as
+    they are, and the report says that this is no point-in-time view."""
+    from vmscan.report.html import render_html
+
+    disk = domains["folder"] / "transient.qcow2"
+    shutil.copyfile(fixtures.build("debian-lvm", "qcow2"), disk)
+    xml = DOMAIN_XML.replace("bus='virtio'/>", "bus='virtio'/>\n      <transient/>")
+    dom = conn.createXML(xml.format(name=f"vmscan-transient-{uuid.uuid4().hex[:8]}", disk=disk), 0)
+    out = tmp_path / "report.json"
+    try:
+        live_xml, disk_hash = dom.XMLDesc(0), sha256_file(disk)
+        rc = main(
+            ["scan", "-q", "--manifest", "--checks", "none", "--connect", URI, "-o", str(out),
+             f"libvirt:{dom.name()}"]
+        )  # fmt: skip
+        assert dom.isActive() and dom.XMLDesc(0) == live_xml
+        assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+    doc = json.loads(out.read_text())
+    (img,) = doc["images"]
+    assert rc == 0 and img["status"] in ("ok", "partial"), img["errors"]
+    (d,) = img["disks"]
+    assert d["point"]["kind"] == d["point"]["consistency"] == "live-read"
+    note = d["point"]["note"]
+    assert note.startswith("not a point-in-time view, the files were read live while the VM ran")
+    assert "backup API unavailable: " in note and "transient disk" in note, note
+    assert EICAR_PATH in {e["path"] for e in img["manifest"]}
+    # What was read is the disk as the VM sees it now: libvirt's transient overlay (vetted,
+    # its backing file the disk) with the VM's writes.
+    assert [(Path(la["path"]).parent, la["format"]) for la in d["layers"]] == [
+        (disk.parent, "qcow2"),
+        (disk.parent, "qcow2"),
+    ]
+    assert d["layers"][0]["path"] == str(disk) and d["path"] == d["layers"][1]["path"]
+    html = render_html(doc)
+    assert "consistency: <b>live-read</b> (not a point-in-time view" in html
+    assert sha256_file(disk) == disk_hash  # the VM's writes went to its transient overlay
+
+
+AGENT_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>384</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
+  </os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def _agent(dom: Any, command: str, **arguments: Any) -> Any:
+    import libvirt_qemu
+
+    cmd = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    return json.loads(libvirt_qemu.qemuAgentCommand(dom, json.dumps(cmd), 5, 0))
+
+
+def test_agent_answers_so_the_view_is_quiesced(
+    conn: Any, domains: dict[str, Any], tmp_path: Path
+) -> None:
+    """A VM that runs qemu-guest-agent (fixtures.agent: the host's kernel, an initramfs
+    with qemu-ga, the disk's /boot mounted): its filesystems are frozen while the backup
+    starts, thawed right after, and the report says ``quiesced``. Once nothing is mounted
+    the agent still answers but freezes nothing: that view is only crash-consistent."""
+    from fixtures import agent
+
+    why = agent.missing()
+    if why:
+        pytest.skip(why)
+    kernel, initrd = agent.build_initrd()
+    folder = domains["folder"]
+    for f in (kernel, initrd):  # libvirt labels the files it boots: copies, not the cache's
+        shutil.copyfile(f, folder / f.name)
+    disk = folder / "agent.qcow2"
+    shutil.copyfile(fixtures.build("debian-lvm", "qcow2"), disk)
+    name = f"vmscan-agent-{uuid.uuid4().hex[:8]}"
+    xml = AGENT_XML.format(
+        name=name, kernel=folder / kernel.name, initrd=folder / initrd.name, disk=disk
+    )
+    dom = conn.createXML(xml, 0)
+    out, out2 = tmp_path / "report.json", tmp_path / "unmounted.json"
+    argv = ["scan", "-q", "--manifest", "--checks", "none", "--connect", URI, "-o"]
+    try:
+        for _ in range(600):  # the kernel boots under TCG: a minute or two on a busy host
+            with contextlib.suppress(libvirt.libvirtError):
+                if _agent(dom, "guest-ping") == {"return": {}}:
+                    break
+            time.sleep(0.5)
+        assert _agent(dom, "guest-ping") == {"return": {}}
+        live_xml = dom.XMLDesc(0)
+        rc = main([*argv, str(out), f"libvirt:{name}"])
+        assert dom.isActive() and dom.XMLDesc(0) == live_xml
+        assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+        assert _agent(dom, "guest-fsfreeze-status") == {"return": "thawed"}
+        pid = _agent(dom, "guest-exec", path="/bin/umount", arg=["/mnt"])["return"]["pid"]
+        for _ in range(100):
+            status = _agent(dom, "guest-exec-status", pid=pid)["return"]
+            if status["exited"]:
+                break
+            time.sleep(0.2)
+        assert status == {"exited": True, "exitcode": 0}, status
+        rc2 = main([*argv, str(out2), f"libvirt:{name}"])
+        assert dom.isActive() and _agent(dom, "guest-fsfreeze-status") == {"return": "thawed"}
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.destroy()
+    (img,) = json.loads(out.read_text())["images"]
+    assert rc == 0 and img["status"] in ("ok", "partial"), img["errors"]
+    (d,) = img["disks"]
+    assert d["point"]["kind"] == "backup"
+    assert d["point"]["consistency"] == "quiesced"
+    assert "note" not in d["point"]
+    assert EICAR_PATH in {e["path"] for e in img["manifest"]}
+    (img2,) = json.loads(out2.read_text())["images"]
+    assert rc2 == 0 and img2["status"] in ("ok", "partial"), img2["errors"]
+    point = img2["disks"][0]["point"]
+    assert point["consistency"] == "crash-consistent"
+    assert point["note"] == "guest agent did not freeze the filesystems: it froze no filesystem"

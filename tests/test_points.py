@@ -11,7 +11,7 @@ import pytest
 from vmscan.disk import resolve_source
 from vmscan.errors import ImageError
 from vmscan.manifest import sha256_file
-from vmscan.source.points import expand_snapshots, split_point
+from vmscan.source.points import cache_order, expand_snapshots, split_point
 from vmscan.source.snapshots import read_snapshots
 
 
@@ -83,6 +83,15 @@ def test_snapshots_all_expansion(snapped: Path, tmp_path: Path) -> None:
         f"{snapped}@id:3",
         str(raw),
     ]
+
+
+def test_points_wait_for_their_image(snapped: Path) -> None:
+    """A point waits for its image's scan when that comes first (the hash cache is full
+    then); a point listed before its image, or without it, waits for nothing."""
+    img = str(snapped)
+    got = cache_order([img, f"{img}@before-upgrade", f"{img}@id:2", "other.qcow2@x"])
+    assert got == {f"{img}@before-upgrade": img, f"{img}@id:2": img}
+    assert cache_order([f"{img}@layer:0", img]) == {}
 
 
 def test_split_point(tmp_path: Path) -> None:

@@ -80,7 +80,12 @@ def snap_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     img = points.build_snapshots()
     before = _state([img], img)
     tmp = tmp_path_factory.mktemp("snap")
-    rc, report = _scan(tmp, "--checks", "antivirus", "--snapshots", "all", str(img))
+    # A state database of its own: the hash cache starts empty, so what the points take
+    # from it was put there by the earlier points of this run.
+    state = str(tmp / "state.db")
+    rc, report = _scan(
+        tmp, "--checks", "antivirus", "--state-db", state, "--snapshots", "all", str(img)
+    )
     return {"img": img, "rc": rc, "report": report, "before": before, "after": _state([img], img)}
 
 
@@ -117,6 +122,45 @@ def test_eicar_found_at_each_point(snap_run: dict[str, Any]) -> None:
             f["target"] for r in result["roots"] for f in r["findings"] if f["check"] == "antivirus"
         }
         assert targets == {points.POINTS[n]["eicar"]}, result["source"]
+
+
+def _sha(img: dict[str, Any], path: str) -> str | None:
+    return next((e["sha256"] for e in img["manifest"] if e["path"] == path), None)
+
+
+def test_snapshots_all_shares_the_hash_cache(snap_run: dict[str, Any]) -> None:
+    """The current state is read whole; each snapshot, scanned after it, takes the files
+    unchanged since from the hash cache (not read again) and reads the ones that changed."""
+    current, first, second = snap_run["report"]["images"]
+    hc = [i["sections"]["hash_cache"] for i in (current, first, second)]
+    assert all(h["enabled"] for h in hc)
+    assert hc[0].get("from_cache", 0) == 0  # the first point of the run: nothing cached yet
+    # Bytes of the content stream that reached the host (file data and tar headers).
+    streamed = [i["sections"]["timings"]["bytes"]["streamed"] for i in (current, first, second)]
+    assert streamed[1] < streamed[0] / 4 and streamed[2] < streamed[0] / 4, streamed
+    now = {e["path"]: e for e in current["manifest"]}
+    for img, h in ((first, hc[1]), (second, hc[2])):
+        entries = img["manifest"]
+        assert h["files"] == len(entries)
+        same = [
+            e
+            for e in entries
+            if e["size"] > 0  # an empty file's hash is known without reading it
+            and (e["path"], e["size"], e["mtime"], e["sha256"])
+            == tuple(now.get(e["path"], {}).get(k) for k in ("path", "size", "mtime", "sha256"))
+        ]
+        changed = [e for e in entries if now.get(e["path"], {}).get("sha256") != e["sha256"]]
+        assert changed and len(same) >= 0.75 * len(entries), (len(same), len(entries))
+        # Every file unchanged since the current state came from the cache; none that
+        # changed did (their hashes are the point's own, checked below).
+        assert len(same) <= h["from_cache"] <= len(entries) - len(changed), (h, len(same))
+    # What changed between the points was read at each point: their hashes differ.
+    status = [_sha(i, "/var/lib/dpkg/status") for i in (current, first, second)]
+    assert None not in status and len(set(status)) == 3, status
+    tools = [_sha(i, points.TOOL) for i in (current, second)]
+    assert tools == [hashlib.sha256(points.POINTS[n]["tool"]).hexdigest() for n in (2, 1)]
+    for img, n in zip((current, first, second), (2, 0, 1), strict=True):
+        assert _sha(img, points.POINTS[n]["eicar"]) == EICAR_SHA
 
 
 def test_snapshot_image_unchanged(snap_run: dict[str, Any]) -> None:
@@ -196,7 +240,26 @@ def test_chain_reported_and_unchanged(chain_run: dict[str, Any]) -> None:
     assert chain_run["after"] == chain_run["before"]
 
 
-def _qemu_nbd_pids(img: Path) -> dict[int, list[bytes]]:
+def _is_ours(pid: int) -> bool:
+    """True when *pid* descends from this test process (not another run on the same image)."""
+    for _ in range(64):
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == os.getpid():
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
+def _qemu_nbd_pids(img: Path, socket: bytes = b"") -> dict[int, list[bytes]]:
+    """qemu-nbd serving *img* (on *socket* when given; else only those under this test).
+
+    The fixture image is shared by every checkout's test runs: another run's qemu-nbd of
+    it must never be stopped here, nor taken for one this scan left behind.
+    """
     out: dict[int, list[bytes]] = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -204,7 +267,9 @@ def _qemu_nbd_pids(img: Path) -> dict[int, list[bytes]]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if cmd[0].endswith(b"qemu-nbd") and str(img).encode() in cmd and state != "Z":
+        if not cmd[0].endswith(b"qemu-nbd") or str(img).encode() not in cmd or state == "Z":
+            continue
+        if (socket in cmd) if socket else _is_ours(int(pid)):
             out[int(pid)] = cmd
     return out
 
@@ -214,6 +279,7 @@ def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
     img = points.build_snapshots()
     before = _state([img], img)
     stopped: list[int] = []
+    sockets: list[bytes] = []
     done = threading.Event()
 
     def freeze_once_listening() -> None:
@@ -223,6 +289,7 @@ def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
                 if os.path.exists(sock):
                     os.kill(pid, signal.SIGSTOP)
                     stopped.append(pid)
+                    sockets.append(sock.encode())
             time.sleep(0.005)
 
     t = threading.Thread(target=freeze_once_listening, daemon=True)
@@ -250,8 +317,8 @@ def test_stalled_nbd_export_is_a_timeout(tmp_path: Path) -> None:
     assert rc == 2
     assert result["status"] == "error" and "timed out" in result["errors"][0]
     for _ in range(100):
-        if not _qemu_nbd_pids(img):
+        if not _qemu_nbd_pids(img, sockets[0]):
             break
         time.sleep(0.1)
-    assert _qemu_nbd_pids(img) == {}
+    assert _qemu_nbd_pids(img, sockets[0]) == {}  # reparented or not, it is gone
     assert _state([img], img) == before

@@ -127,3 +127,21 @@ def test_deferred_interrupts_deliver_the_signal_after_the_block() -> None:
             steps.append("block finished")
         steps.append("not reached")
     assert steps == ["block finished"] and info.value.signum == signal.SIGTERM
+
+
+def test_a_source_waits_for_the_one_it_comes_after(tmp_path: Path) -> None:
+    """``after``: img@1 and img@2 start only once img has finished (they take its files
+    from the hash cache); another image takes the free slot meanwhile (img runs until it
+    has finished)."""
+    sources = ["img-slow", "img@1", "img@2", "B/1"]
+    result = ScanResult(schema_version="1", vmscan_version="t", started_at="")
+    with runctl.run_scope() as run:
+        pool.run_images(
+            run, result, sources, worker=_sleeper, worker_args=(str(tmp_path),), jobs=2,
+            timeout=60, clock=lambda: "", after=[None, 0, 0, None],
+        )  # fmt: skip
+    assert [i.source for i in result.images] == sources
+    spans = {s: Path(tmp_path, s.replace("/", "_")).read_text().split() for s in sources}
+    base_end = float(spans["img-slow"][1])
+    assert float(spans["img@1"][0]) >= base_end and float(spans["img@2"][0]) >= base_end
+    assert float(spans["B/1"][1]) <= base_end  # it ran in the free slot, beside img

@@ -317,10 +317,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
         plugin_options=plugin_options,
         libvirt_uri=args.connect,
     )
-    if args.snapshots == "all":
-        from vmscan.source.points import expand_snapshots
+    from vmscan.source.points import cache_order, expand_snapshots
 
+    if args.snapshots == "all":
         args.sources = expand_snapshots(list(args.sources))
+    opts.after = cache_order(list(args.sources))
     bar = _progress_bar(len(args.sources), args.quiet)
 
     def progress(img: ImageResult) -> None:

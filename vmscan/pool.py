@@ -101,12 +101,16 @@ def run_images(
     storage: list[str] | None = None,
     per_storage: int = 0,
     cancelled: Callable[[], bool] | None = None,
+    after: list[int | None] | None = None,
 ) -> None:
     """Run ``worker(label, *worker_args, conn, run, wdir)`` per source, *jobs* at a time.
 
     With *storage* (a storage key per source) and *per_storage* > 0, at most that many
     sources of one key run at once: a semaphore per storage over one pool, so a free slot
     goes to the next source whose storage has room instead of waiting for a whole wave.
+    With *after* (per source: the index of a source it waits for, or None), a source starts
+    only once that one has finished: the points of one image after its current state, so
+    that they find its files in the hash cache. The others take the free slots meanwhile.
 
     *cancelled* (polled about once a second): when it returns true, the workers are killed
     like on a timeout and every unfinished source is reported not scanned (a fleet task
@@ -122,10 +126,17 @@ def run_images(
     running: list[_Running] = []
     keys = storage if storage is not None and len(storage) == len(sources) else None
     busy: dict[str, int] = {}
+    waits = after if after is not None and len(after) == len(sources) else None
+    if waits is not None:
+        # Only an earlier source can be waited for: no cycle, and the first one always starts.
+        waits = [w if w is not None and 0 <= w < i else None for i, w in enumerate(waits)]
 
     def next_pending() -> tuple[int, str] | None:
-        """The first pending source whose storage has a free slot (None: none has)."""
+        """The first pending source whose storage has a free slot and whose wait is over."""
         for pos, (idx, label) in enumerate(pending):
+            first = waits[idx] if waits is not None else None
+            if first is not None and results[first] is None:
+                continue
             if keys is None or per_storage <= 0 or busy.get(keys[idx], 0) < per_storage:
                 del pending[pos]
                 if keys is not None:
@@ -145,7 +156,7 @@ def run_images(
             while pending and len(running) < jobs:
                 nxt = next_pending()
                 if nxt is None:
-                    break  # every pending source waits for its storage
+                    break  # every pending source waits for its storage or another source
                 idx, label = nxt
                 wdir = run.worker_dir(idx)
                 parent, child = ctx.Pipe(duplex=False)

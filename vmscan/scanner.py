@@ -86,6 +86,10 @@ class ScanOptions:
     #: of one group scanned at once (0: no limit).
     storage: dict[str, str] = field(default_factory=dict)
     max_per_storage: int = 0
+    #: Sources that start only once another (earlier) source has finished (source -> the
+    #: one it waits for): the snapshots of an image after its current state, whose files
+    #: they then take from the hash cache (vmscan.source.points.cache_order).
+    after: dict[str, str] = field(default_factory=dict)
     #: How deep, how long and how wide a walk of a guest tree goes (vmscan.walk).
     walk_limits: WalkLimits = field(default_factory=WalkLimits)
     #: Re-read every file even when its cached hash is still valid.
@@ -643,6 +647,10 @@ def scan_sources(
     result = ScanResult(
         schema_version=SCHEMA_VERSION, vmscan_version=__version__, started_at=now_iso()
     )
+    first: dict[str, int] = {}
+    for i, s in enumerate(sources):
+        first.setdefault(s, i)
+    after = [first.get(opts.after[s]) if s in opts.after else None for s in sources]
     with runctl.run_scope() as run:
         pool.run_images(
             run,
@@ -658,5 +666,6 @@ def scan_sources(
             file_progress=file_progress,
             storage=[opts.storage.get(s, s) for s in sources],
             per_storage=opts.max_per_storage,
+            after=after,
         )
     return result

@@ -217,8 +217,10 @@ def _begin(lv: Any, dom: Any, xml: str) -> tuple[str, str]:
     frozen = False
     if not why:
         try:
-            dom.fsFreeze()
+            count = dom.fsFreeze()
             frozen = True
+            if not count:  # nothing frozen (no filesystem it can freeze): not quiesced
+                why = "it froze no filesystem"
         except lv.libvirtError as e:
             why = _msg(e)
     try:
@@ -229,9 +231,28 @@ def _begin(lv: Any, dom: Any, xml: str) -> tuple[str, str]:
                 dom.fsThaw()
             except lv.libvirtError as e:
                 log.error("the guest's filesystems could not be thawed: %s", _msg(e))
-    if frozen:
+    if frozen and not why:
         return "quiesced", ""
     return "crash-consistent", f"guest agent did not freeze the filesystems: {why}"
+
+
+_LIVE = "not a point-in-time view, the files were read live while the VM ran: "
+_LOST = "the point-in-time view went with it and this image was not scanned to the end"
+
+
+def _view_lost(lv: Any, dom: Any) -> str:
+    """Why the backup's view is gone ("" while the domain runs and the job holds)."""
+    try:
+        if not dom.isActive():
+            return "the domain was stopped"
+        if dom.jobInfo()[0] == lv.VIR_DOMAIN_JOB_NONE:
+            return "the backup job was ended by someone else"
+    except lv.libvirtError as e:
+        if e.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+            return "the domain disappeared (destroyed and undefined)"
+        # Not known to be gone: the reads say whether the view held.
+        log.warning("could not ask about the backup job: %s", _msg(e))
+    return ""
 
 
 _UNSUPPORTED = (
@@ -304,7 +325,7 @@ def open_domain(
         guardian.arm(uri, dom.UUIDString(), sock)
         note = ""
         if not hasattr(dom, "backupBegin"):  # bindings older than libvirt 6.0
-            consistency, note = "live-read", "backup API unavailable in these libvirt bindings"
+            consistency, note = "live-read", _LIVE + "backup API not in these libvirt bindings"
         else:
             try:
                 consistency, note = _begin(lv, dom, bxml)
@@ -313,7 +334,7 @@ def open_domain(
                 code = e.get_error_code()
                 if not any(getattr(lv, n, None) == code for n in _UNSUPPORTED):
                     raise ImageError(f"{label}: the backup could not start: {_msg(e)}") from e
-                consistency, note = "live-read", f"backup API unavailable: {_msg(e)}"
+                consistency, note = "live-read", _LIVE + f"backup API unavailable: {_msg(e)}"
         base = {"kind": "backup", "consistency": consistency, "domain": name, "uri": uri}
         if note:
             base["note"] = note[:500]
@@ -323,8 +344,10 @@ def open_domain(
             fmt = dtype or "raw"
             layers = _live_layers(root, target)
             if consistency == "live-read":
+                # The VM's own files, opened like any image: vetted first (backing files
+                # inside the allowed folders, formats recorded); qemu-img runs with -U.
                 point = {**base, "kind": "live-read", "target": target}
-                d = DiskRef(file, fmt, None, (), layers=layers, point=point)
+                d = _with(check_disk(file, disk_format or fmt, allow_backing, budget), point=point)
                 report.append(d)
                 views.append(d)
                 continue
@@ -338,7 +361,16 @@ def open_domain(
                 if time.monotonic() > deadline:
                     raise ImageTimeoutError(f"{label}: the backup's NBD server did not start")
                 time.sleep(0.05)
-        yield tuple(report), tuple(views)
+        try:
+            yield tuple(report), tuple(views)
+        except Exception as e:
+            lost = _view_lost(lv, dom) if job else ""
+            if lost:  # say why the reads failed, not how
+                raise ImageError(f"{label}: {lost} during the scan: {_LOST}") from e
+            raise
+        lost = _view_lost(lv, dom) if job else ""
+        if lost:  # reads may have failed quietly (files unreadable): nothing here holds
+            raise ImageError(f"{label}: {lost} during the scan: {_LOST}")
     finally:
         if job and dom is not None:
             try:

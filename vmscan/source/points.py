@@ -116,6 +116,24 @@ def expand_snapshots(sources: list[str]) -> list[str]:
     return out
 
 
+def cache_order(sources: list[str]) -> dict[str, str]:
+    """``IMAGE@SELECTOR`` -> ``IMAGE`` for each point whose image is scanned before it.
+
+    Such a point waits for that scan (``ScanOptions.after``): a point in time shares most
+    files with the current state (same filesystem UUID, path, size, times and inode), so it
+    takes them from the hash cache the current state's scan filled instead of reading them
+    again; started at the same time, both would read everything.
+    """
+    seen: set[str] = set()
+    out: dict[str, str] = {}
+    for src in sources:
+        base, sel = split_point(src)
+        if sel is not None and base in seen:
+            out[src] = base
+        seen.add(src)
+    return out
+
+
 def _wait_listening(path: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
     while True:
         if proc.poll() is not None:
