@@ -20,13 +20,6 @@ def finding_key(finding: FindingDoc | Mapping[str, Any]) -> str:
     return finding.key()
 
 
-def iter_roots(image: dict[str, Any]) -> list[dict[str, Any]]:
-    """OS roots plus the data volumes of a disk with no OS (``sections.data_volumes``)."""
-    roots = [r for r in image.get("roots") or [] if isinstance(r, dict)]
-    vols = (image.get("sections") or {}).get("data_volumes") or []
-    return roots + [v for v in vols if isinstance(v, dict)]
-
-
 def _image(image: ImageInput) -> ImageDoc:
     return image if isinstance(image, ImageDoc) else ImageDoc.from_json(image)
 

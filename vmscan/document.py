@@ -94,8 +94,7 @@ class _Doc:
         }
 
 
-#: Metadata of a field read from the document but not written back (a typed view of a
-#: section, which ``sections`` itself carries).
+#: Metadata of a field that :meth:`_Doc.to_json` does not write under its own name.
 _DERIVED = {"json": False}
 
 
@@ -283,7 +282,8 @@ class AntivirusDoc:
     incomplete_reasons: tuple[str, ...]
     detail: str
     roots: tuple[str, ...]
-    hash_rechecked: Mapping[str, Any] | None  # when hash lists were matched again
+    #: When the SHA-256 hash lists were last matched again with no scan ('' if never).
+    hash_rechecked_at: str
 
     @classmethod
     def of(cls, value: Any) -> AntivirusDoc | None:
@@ -291,7 +291,6 @@ class AntivirusDoc:
         if not isinstance(value, Mapping):
             return None
         counts = _map(value.get("not_scanned")).get("counts")
-        hashed = value.get("hash_rechecked")
         return cls(
             status=_str(value.get("status")),
             engine=_str(value.get("engine")),
@@ -301,16 +300,47 @@ class AntivirusDoc:
             incomplete_reasons=_strs(value.get("incomplete_reasons")),
             detail=_str(value.get("detail")),
             roots=_strs(value.get("roots")),
-            hash_rechecked=dict(hashed) if isinstance(hashed, Mapping) else None,
+            hash_rechecked_at=_str(_map(value.get("hash_rechecked")).get("at")),
         )
+
+
+@dataclass(frozen=True)
+class EditionDoc:
+    """The OS edition the licence check read (``sections.license.os_edition``)."""
+
+    type: str
+    distro: str
+    product_name: str
+    edition_id: str
+    installation_type: str
+
+    @classmethod
+    def of(cls, value: Mapping[str, Any]) -> EditionDoc:
+        """Read the edition object."""
+        return cls(
+            type=_str(value.get("type"), "unknown"),
+            distro=_str(value.get("distro")),
+            product_name=_str(value.get("product_name")),
+            edition_id=_str(value.get("edition_id")),
+            installation_type=_str(value.get("installation_type")),
+        )
+
+
+@dataclass(frozen=True)
+class WatchedDoc:
+    """One watched commercial product the licence check found on a root."""
+
+    id: str
+    product: str
+    edition: str
 
 
 @dataclass(frozen=True)
 class LicenseDoc:
     """``sections.license`` of a root: the OS edition and watched products (licence check)."""
 
-    os_edition: Mapping[str, Any] | None
-    watched: tuple[Mapping[str, Any], ...] | None
+    os_edition: EditionDoc | None
+    watched: tuple[WatchedDoc, ...] | None  # None: not recorded (older results)
 
     @classmethod
     def of(cls, value: Any) -> LicenseDoc | None:
@@ -320,9 +350,23 @@ class LicenseDoc:
         ed = value.get("os_edition")
         watched = value.get("watched")
         return cls(
-            os_edition=dict(ed) if isinstance(ed, Mapping) else None,
-            watched=tuple(_maps(watched)) if isinstance(watched, list) else None,
+            os_edition=EditionDoc.of(ed) if isinstance(ed, Mapping) else None,
+            watched=tuple(
+                WatchedDoc(_str(w.get("id")), _str(w.get("product")), _str(w.get("edition")))
+                for w in _maps(watched)
+            )
+            if isinstance(watched, list)
+            else None,
         )
+
+
+@dataclass(frozen=True)
+class AsOfDoc:
+    """``sections.state.antivirus_as_of``: the database the image's files stand clean under."""
+
+    engine: str
+    date: str
+    kinds_rechecked: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -332,17 +376,24 @@ class StateDoc:
     carried_forward: bool
     scanned_at: str
     rescanned_checks: tuple[str, ...]
-    antivirus_as_of: Mapping[str, Any]
+    antivirus_as_of: AsOfDoc | None
 
     @classmethod
     def of(cls, value: Any) -> StateDoc:
         """The section (empty when there is none)."""
         data = _map(value)
+        as_of = data.get("antivirus_as_of")
         return cls(
             carried_forward=bool(data.get("carried_forward")),
             scanned_at=_str(data.get("scanned_at")),
             rescanned_checks=_strs(data.get("rescanned_checks")),
-            antivirus_as_of=_map(data.get("antivirus_as_of")),
+            antivirus_as_of=AsOfDoc(
+                engine=_str(as_of.get("engine")),
+                date=_str(as_of.get("date")),
+                kinds_rechecked=_strs(as_of.get("kinds_rechecked")),
+            )
+            if isinstance(as_of, Mapping) and as_of
+            else None,
         )
 
 
@@ -362,10 +413,7 @@ class RootDoc(_Doc):
     plugins: tuple[PluginDoc, ...] = ()
     sections: Mapping[str, Any] = field(default_factory=dict)
     #: True for a root of ``sections.data_volumes`` (a filesystem, not an OS).
-    data_volume: bool = field(default=False, metadata={"json": False})
-    migration: MigrationDoc | None = field(default=None, compare=False, metadata=_DERIVED)
-    license: LicenseDoc | None = field(default=None, compare=False, metadata=_DERIVED)
-    antivirus: AntivirusDoc | None = field(default=None, compare=False, metadata=_DERIVED)
+    data_volume: bool = field(default=False, metadata=_DERIVED)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, data_volume: bool = False) -> RootDoc:
@@ -380,10 +428,25 @@ class RootDoc(_Doc):
             plugins=tuple(PluginDoc.from_json(p) for p in _maps(data.get("plugins"))),
             sections=sections,
             data_volume=data_volume,
-            migration=MigrationDoc.of(sections.get("migration")),
-            license=LicenseDoc.of(sections.get("license")),
-            antivirus=AntivirusDoc.of(sections.get("antivirus")),
         )
+
+    # Typed views of the sections the readers know, read on first use: a copy made with
+    # ``dataclasses.replace(root, sections=...)`` reads its own.
+
+    @cached_property
+    def migration(self) -> MigrationDoc | None:
+        """``sections.migration`` (None: the audit did not run)."""
+        return MigrationDoc.of(self.sections.get("migration"))
+
+    @cached_property
+    def license(self) -> LicenseDoc | None:
+        """``sections.license`` (None: the licence check did not run)."""
+        return LicenseDoc.of(self.sections.get("license"))
+
+    @cached_property
+    def antivirus(self) -> AntivirusDoc | None:
+        """``sections.antivirus`` of this root (None when there is none)."""
+        return AntivirusDoc.of(self.sections.get("antivirus"))
 
     def plugin(self, name: str) -> PluginDoc | None:
         """The status of one plugin on this root."""
@@ -559,22 +622,17 @@ class ImageDoc(_Doc):
     errors: tuple[str, ...] = ()
     filesystems: tuple[FilesystemDoc, ...] = ()
     #: The OS roots (JSON ``roots``); :meth:`roots` adds the data volumes.
-    os_roots: tuple[RootDoc, ...] = field(default=(), metadata={"json": False})
+    os_roots: tuple[RootDoc, ...] = field(default=(), metadata=_DERIVED)
     #: Roots of disks with no OS (JSON ``sections.data_volumes``).
-    data_volumes: tuple[RootDoc, ...] = field(default=(), metadata={"json": False})
-    raw_manifest: Sequence[Any] = field(default=(), repr=False, metadata={"json": False})
+    data_volumes: tuple[RootDoc, ...] = field(default=(), metadata=_DERIVED)
+    #: The manifest as read (JSON objects); :attr:`manifest` reads it into :class:`FileDoc`.
+    raw_manifest: Sequence[Mapping[str, Any]] = field(default=(), repr=False, metadata=_DERIVED)
     not_scanned: tuple[Mapping[str, Any], ...] = ()
     #: Sections other than ``data_volumes`` (free-form; the known ones are read below).
     sections: Mapping[str, Any] = field(default_factory=dict)
     started_at: str = ""
     finished_at: str = ""
     duration_s: float = 0.0
-    antivirus: AntivirusDoc | None = field(default=None, compare=False, metadata=_DERIVED)
-    state: StateDoc = field(
-        default_factory=lambda: StateDoc.of(None), compare=False, metadata=_DERIVED
-    )
-    #: Image-level findings (``sections.findings``, written by other tools or versions).
-    image_findings: tuple[FindingDoc, ...] = field(default=(), metadata={"json": False})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageDoc:
@@ -596,10 +654,22 @@ class ImageDoc(_Doc):
             started_at=_str(data.get("started_at")),
             finished_at=_str(data.get("finished_at")),
             duration_s=float(duration) if isinstance(duration, int | float) else 0.0,
-            antivirus=AntivirusDoc.of(sections.get("antivirus")),
-            state=StateDoc.of(sections.get("state")),
-            image_findings=tuple(FindingDoc.from_json(f) for f in _maps(sections.get("findings"))),
         )
+
+    @cached_property
+    def antivirus(self) -> AntivirusDoc | None:
+        """``sections.antivirus`` of the image (None when there is none)."""
+        return AntivirusDoc.of(self.sections.get("antivirus"))
+
+    @cached_property
+    def state(self) -> StateDoc:
+        """``sections.state``: what the nightly job did with the image."""
+        return StateDoc.of(self.sections.get("state"))
+
+    @cached_property
+    def image_findings(self) -> tuple[FindingDoc, ...]:
+        """Image-level findings (``sections.findings``, written by other tools or versions)."""
+        return tuple(FindingDoc.from_json(f) for f in _maps(self.sections.get("findings")))
 
     @cached_property
     def manifest(self) -> tuple[FileDoc, ...]:
@@ -673,7 +743,9 @@ class ReportDoc(_Doc):
 
 __all__ = [
     "AntivirusDoc",
+    "AsOfDoc",
     "DiskDoc",
+    "EditionDoc",
     "FileDoc",
     "FilesystemDoc",
     "FindingDoc",
@@ -688,4 +760,5 @@ __all__ = [
     "RootDoc",
     "SnapshotDoc",
     "StateDoc",
+    "WatchedDoc",
 ]

@@ -135,13 +135,7 @@ class _Edition:
 def _edition_of_root(root: RootDoc) -> _Edition:
     ed = root.license.os_edition if root.license else None
     if ed is not None:
-        return _Edition(
-            type=_s(ed.get("type", "unknown")),
-            product_name=_s(ed.get("product_name")),
-            edition_id=_s(ed.get("edition_id")),
-            installation_type=_s(ed.get("installation_type")),
-            distro=_s(ed.get("distro")),
-        )
+        return _Edition(ed.type, ed.product_name, ed.edition_id, ed.installation_type, ed.distro)
     extra = root.os.extra
     return _Edition(
         type=root.os.type,
@@ -154,10 +148,7 @@ def _edition_of_root(root: RootDoc) -> _Edition:
 def _watched_of_root(root: RootDoc, policy: Policy | None) -> list[tuple[str, str, str]]:
     """(rule id, product, edition) of every watched product on *root*."""
     if root.license is not None and root.license.watched is not None:
-        return [
-            (_s(w.get("id")), _s(w.get("product")), _s(w.get("edition")))
-            for w in root.license.watched
-        ]
+        return [(w.id, w.product, w.edition) for w in root.license.watched]
     policy = policy or Policy.load()
     out: list[tuple[str, str, str]] = []
     ed = _edition_of_root(root)

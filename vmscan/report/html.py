@@ -191,15 +191,13 @@ def _antivirus_view(image: ImageDoc) -> dict[str, Any] | None:
 def _av_as_of(image: ImageDoc) -> dict[str, Any] | None:
     """Under which database the image's files stand clean, and when hashes were re-matched."""
     as_of = image.state.antivirus_as_of
-    hashed = [r.antivirus.hash_rechecked for r in image.roots() if r.antivirus]
-    hash_at = max((str(h.get("at", "")) for h in hashed if h is not None), default="")
-    if not (as_of or hash_at):
+    hash_at = max((r.antivirus.hash_rechecked_at for r in image.roots() if r.antivirus), default="")
+    if as_of is None and not hash_at:
         return None
-    kinds = as_of.get("kinds_rechecked")
     return {
-        "engine": str(as_of.get("engine") or ""),
-        "date": str(as_of.get("date") or ""),
-        "kinds": [str(k) for k in kinds] if isinstance(kinds, list) else [],
+        "engine": as_of.engine if as_of else "",
+        "date": as_of.date if as_of else "",
+        "kinds": list(as_of.kinds_rechecked) if as_of else [],
         "hash_at": hash_at,
     }
 
