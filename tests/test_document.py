@@ -126,6 +126,13 @@ def test_one_severity_ordering() -> None:
     assert Severity.parse("weird") is Severity.UNKNOWN and Severity.parse(None) is Severity.UNKNOWN
 
 
+def test_a_scanner_finding_holds_a_severity() -> None:
+    f = Finding("patch", "R", "high", "t")  # type: ignore[arg-type]  # given by its value
+    assert f.severity is Severity.HIGH
+    with pytest.raises(ValueError):
+        Finding("patch", "R", "severe", "t")  # type: ignore[arg-type]
+
+
 def _full_run() -> ScanResult:
     """A run with every part of the model filled, as the scanner's dataclasses make it."""
     root = RootResult(

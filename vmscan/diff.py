@@ -200,8 +200,8 @@ def diff_runs(a: ReportDoc | Mapping[str, Any], b: ReportDoc | Mapping[str, Any]
     return {
         "from_run": ra.run_id,
         "to_run": rb.run_id,
-        "from_started_at": ra.started_at or None,
-        "to_started_at": rb.started_at or None,
+        "from_started_at": ra.started_at,
+        "to_started_at": rb.started_at,
         "images_added": sorted(ib.keys() - ia.keys()),
         "images_gone": sorted(ia.keys() - ib.keys()),
         "images": images,
@@ -237,8 +237,8 @@ def diff_points(a: ImageInput, b: ImageInput) -> dict[str, Any]:
     return {
         "from_run": img["from_source"],
         "to_run": img["source"],
-        "from_started_at": a.started_at or None,
-        "to_started_at": b.started_at or None,
+        "from_started_at": a.started_at,
+        "to_started_at": b.started_at,
         "points": True,
         "images_added": [],
         "images_gone": [],

@@ -174,11 +174,16 @@ class Finding:
 
     check: str  # "antivirus" | "patch" | "license" | "migration" | "inventory" (catalogers)
     rule_id: str
-    severity: str
+    severity: Severity
     title: str
     target: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        # A severity given by its value ("high") is kept as the enum; a word that is no
+        # severity is a bug of the check that made it (ValueError: the check fails, loudly).
+        self.severity = Severity(self.severity)
 
 
 @dataclass

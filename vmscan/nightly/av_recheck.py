@@ -148,10 +148,9 @@ def hash_recheck(old: dict[str, Any], sig_dir: Path) -> dict[str, Any] | None:
             root_of.setdefault(dev, i)
         root_of.setdefault(root.device, i)
     for _, f in image.findings():
-        if f.check != "antivirus" or f.details.get("detected_by") != "hash":
+        if f.check != "antivirus" or f.antivirus.detected_by != "hash":
             continue
-        sha, size = f.details.get("sha256"), f.details.get("size")
-        sig = match_hash(table, str(sha or ""), size if isinstance(size, int) else 0)
+        sig = match_hash(table, f.antivirus.sha256, f.antivirus.size)
         if sig is None or normalize_name(sig.name) != f.rule_id:
             log.info("%s: its hash finding is gone; a content scan decides", f.target)
             return None

@@ -260,16 +260,14 @@ def _vulnerability(
     os_ref: str,
     where: tuple[int, int, int],
 ) -> Vulnerability:
-    d = finding.details
-    name = str(d.get("package") or "")
-    installed = str(d.get("installed_version") or "")
-    fixed = str(d.get("fixed_version") or "")
+    d = finding.patch
+    name, installed, fixed = d.package, d.installed_version, d.fixed_version
     candidates = by_name.get(name, [])
     ref = next((r for r, p in candidates if p.version == installed), None)
     if ref is None and candidates:
         ref = candidates[0][0]
     versions = [BomTargetVersionRange(version=installed)] if installed else None
-    aliases = [str(a) for a in d.get("aliases") or [] if a]
+    aliases = d.aliases
     vid = finding.rule_id or "unknown"
     rating = _SEVERITY.get(finding.severity)
     return Vulnerability(

@@ -34,19 +34,18 @@ def _classname(*parts: str) -> str:
 
 
 def _finding_text(f: FindingDoc) -> str:
-    d = f.details
+    ev = f.evidence
     lines = [f"[{f.severity.value}] {f.title}"]
     if f.target:
         lines.append(f"  target: {f.target}")
-    if d.get("file"):
-        where = str(d["file"]) + (f":{d['line']}" if d.get("line") else "")
-        lines.append(f"  file: {where}")
-    if d.get("text"):
-        lines.append(f"  text: {d['text']}")
-    if d.get("sample"):
-        lines.append("  sample: " + ", ".join(str(s) for s in d["sample"]))
-    if d.get("remediation"):
-        lines.append(f"  remediation: {d['remediation']}")
+    if ev.file:
+        lines.append(f"  file: {ev.file}" + (f":{ev.line}" if ev.line else ""))
+    if ev.text:
+        lines.append(f"  text: {ev.text}")
+    if ev.sample:
+        lines.append("  sample: " + ", ".join(ev.sample))
+    if ev.remediation:
+        lines.append(f"  remediation: {ev.remediation}")
     return "\n".join(lines)
 
 

@@ -167,7 +167,7 @@ def to_sarif(scan_json: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
         ],
         "results": results,
         "columnKind": "unicodeCodePoints",
-        "properties": {"vmscan_run": doc.run_id, "started_at": doc.started_at or None},
+        "properties": {"vmscan_run": doc.run_id, "started_at": doc.started_at},
     }
     if doc.started_at:
         run["invocations"][0]["startTimeUtc"] = doc.started_at
