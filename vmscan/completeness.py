@@ -172,7 +172,7 @@ def incomplete_plugins(image: ImageDoc | Mapping[str, Any]) -> list[Incomplete]:
     return out
 
 
-def incomplete_messages(image: Mapping[str, Any]) -> set[str]:
+def incomplete_messages(image: ImageDoc | Mapping[str, Any]) -> set[str]:
     """The ``errors[]`` lines that :func:`finalize_image` derived (writers list them apart)."""
     return {i.message() for i in incomplete_plugins(image)}
 
