@@ -38,6 +38,7 @@ from vmscan.document.sections import (
     MigrationDoc,
     PatchDetails,
     StateDoc,
+    TrendPoint,
     WatchedDoc,
 )
 
@@ -63,5 +64,6 @@ __all__ = [
     "RootDoc",
     "SnapshotDoc",
     "StateDoc",
+    "TrendPoint",
     "WatchedDoc",
 ]

@@ -25,7 +25,13 @@ from vmscan.document.read import (
     read_str,
     read_strs,
 )
-from vmscan.document.sections import AntivirusDoc, LicenseDoc, MigrationDoc, StateDoc
+from vmscan.document.sections import (
+    AntivirusDoc,
+    LicenseDoc,
+    MigrationDoc,
+    StateDoc,
+    TrendPoint,
+)
 from vmscan.model import ImageStatus
 
 
@@ -213,6 +219,12 @@ class ReportDoc(Doc):
         """One run-level section ({} when absent or not an object)."""
         value = self.sections.get(name)
         return value if isinstance(value, Mapping) else {}
+
+    @cached_property
+    def trend(self) -> tuple[TrendPoint, ...]:
+        """``sections.trend`` of a nightly report: one point per earlier run, oldest first."""
+        rows = self.sections.get("trend")
+        return tuple(TrendPoint.of(r) for r in read_maps(rows))
 
     @property
     def run_id(self) -> Any:

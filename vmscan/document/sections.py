@@ -233,3 +233,31 @@ class AntivirusDetails:
             sha256=truthy_str(details.get("sha256")),
             size=read_int(details.get("size")),
         )
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """One run of the nightly report's ``sections.trend``: images and findings by severity."""
+
+    run: object  # the run id as stored
+    images: int
+    findings_by_severity: Mapping[str, int]
+
+    @classmethod
+    def of(cls, value: Mapping[str, Any]) -> TrendPoint:
+        """Read one trend row (counts that are no integers are dropped)."""
+        counts = read_map(value.get("findings_by_severity"))
+        return cls(
+            run=value.get("run"),
+            images=read_int(value.get("images")),
+            findings_by_severity={
+                str(k): v
+                for k, v in counts.items()
+                if isinstance(v, int) and not isinstance(v, bool)
+            },
+        )
+
+    @property
+    def total(self) -> int:
+        """Findings of that run."""
+        return sum(self.findings_by_severity.values())

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import jinja2
 
 from vmscan.completeness import bound, incomplete_plugins
-from vmscan.document import DiskDoc, FindingDoc, ImageDoc, ReportDoc, RootDoc
+from vmscan.document import DiskDoc, FindingDoc, ImageDoc, ReportDoc, RootDoc, TrendPoint
 from vmscan.license.fleet import FleetSummary
 from vmscan.model import Severity
 
@@ -72,11 +72,11 @@ def bar_chart(
 
 
 def trend_chart(
-    trend: list[dict[str, Any]], *, width: int = 560, height: int = 180
+    trend: Sequence[TrendPoint], *, width: int = 560, height: int = 180
 ) -> dict[str, Any]:
     """Stacked columns of findings by severity per run, plus images scanned per run."""
     sevs = [s.value for s in Severity.descending()]
-    totals = [sum((t.get("findings_by_severity") or {}).values()) for t in trend]
+    totals = [t.total for t in trend]
     top = max(totals, default=0) or 1
     plot_h, base_y, left = height - 40, height - 25, 40
     n = max(len(trend), 1)
@@ -87,9 +87,8 @@ def trend_chart(
         x = left + i * slot + (slot - col_w) / 2
         y: float = base_y
         segs = []
-        counts = t.get("findings_by_severity") or {}
         for sev in sevs:
-            v = int(counts.get(sev, 0))
+            v = t.findings_by_severity.get(sev, 0)
             if not v:
                 continue
             h = plot_h * v / top
@@ -107,9 +106,9 @@ def trend_chart(
                 "x": round(x, 1),
                 "w": round(col_w, 1),
                 "segs": segs,
-                "label": f"#{t.get('run')}",
+                "label": f"#{t.run}",
                 "total": totals[i],
-                "images": t.get("images", 0),
+                "images": t.images,
                 "lx": round(x + col_w / 2, 1),
                 "top_y": round(y, 1),
             }
@@ -282,7 +281,6 @@ def build_context(scan_json: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
     severities = [s.value for s in Severity.descending()]
     sev_items = [(s, sev.get(s, 0)) for s in severities]
     fleet = doc.sections.get("license_fleet")
-    trend = doc.sections.get("trend")
     return {
         "doc": doc,
         "run": doc.section("run"),
@@ -300,9 +298,7 @@ def build_context(scan_json: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
         "licence_charts": _licence_charts(
             FleetSummary.from_json(fleet) if isinstance(fleet, Mapping) else None
         ),
-        "trend": trend_chart([t for t in trend if isinstance(t, dict)])
-        if isinstance(trend, list)
-        else trend_chart([]),
+        "trend": trend_chart(doc.trend),
         "changes": changes,
         "severities": severities,
         "severity_colors": SEVERITY_COLORS,
