@@ -86,6 +86,7 @@ def test_custom_forbidden_from_options(tmp_path: Path) -> None:
         "[license]\norder = ['forbidden']\n",
         "[license]\nwatch = [{product = 'x'}]\n",
         "not toml = = =\n",
+        "[license.severity]\nforbidden = 'severe'\n",  # no such severity: refused at load
     ],
 )
 def test_malformed_policy(tmp_path: Path, text: str) -> None:

@@ -158,3 +158,13 @@ def test_timeout_costs_one_image(tmp_path: Path) -> None:
     img = json.loads(out.read_text())["images"][0]
     assert rc == 2
     assert img["status"] == "error" and "timed out" in img["errors"][0]
+
+
+def test_report_reads_into_the_model_and_back(run: dict[str, Any]) -> None:
+    """A real scan's report: every field reaches the read model, which gives it back."""
+    from test_document import assert_round_trips
+
+    report = assert_round_trips(run["report"])
+    data = report.images[list(run["img"]).index("data-disk")]
+    assert data.os_roots == () and data.roots() == data.data_volumes
+    assert all(r.data_volume for r in data.roots()) and data.manifest

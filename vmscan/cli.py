@@ -16,12 +16,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from vmscan import SCHEMA_VERSION, __version__, runctl, sigdir
 from vmscan.completeness import EXIT_IMAGE_ERROR, EXIT_USAGE, exit_code, incomplete_plugins
+from vmscan.document import ReportDoc
 from vmscan.errors import UsageError, VmscanError
 from vmscan.filecache import open_default_cache_db
 from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, ScanResult, to_jsonable
@@ -222,9 +223,9 @@ def signatures_dir() -> Path:
     return sigdir.signatures_dir()
 
 
-def summarize_incomplete(data: dict[str, Any], out: IO[str]) -> None:
+def summarize_incomplete(data: ReportDoc | Mapping[str, Any], out: IO[str]) -> None:
     """One line per image that is not fully scanned, on stderr, whatever the log level."""
-    for img in data.get("images") or []:
+    for img in ReportDoc.of(data).images:
         incomplete = incomplete_plugins(img)
         if not incomplete:
             continue
@@ -235,7 +236,7 @@ def summarize_incomplete(data: dict[str, Any], out: IO[str]) -> None:
                 names[inc.plugin] = inc.status
         what = ", ".join(f"{n} ({st})" for n, st in names.items())
         print(
-            f"vmscan: {img.get('source')}: {img.get('status')}: checks that did not complete: "
+            f"vmscan: {img.source}: {img.status.value}: checks that did not complete: "
             f"{what}; not scanned is not clean (errors[] says why)",
             file=out,
         )
@@ -367,26 +368,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
     # The run is over: a signal now must not cut the report in half.
     with _signals_ignored():
         data = finalize_report(result)
+        report = ReportDoc.from_json(data)  # what every reader but the JSON writer reads
         output = args.output
         if fmt is ReportFormat.TABLE and args.format is None:
             # The default on a terminal: the table for the person, the whole report
             # (every file, package and finding) kept for later in one known place.
             output = str(last_report_path())
             ReportFormat.JSON.write(data, output, sys.stdout)
-            write_table(data, sys.stdout, full_report=output)
+            write_table(report, sys.stdout, full_report=output)
         else:
-            for path in fmt.write(data, output, sys.stdout):
+            for path in fmt.write(data if fmt is ReportFormat.JSON else report, output, sys.stdout):
                 log.info("wrote %s", path)
             if output and sys.stdout.isatty() and fmt is not ReportFormat.TABLE:
                 # On a terminal the summary comes too, and says where the full report went.
-                write_table(data, sys.stdout, full_report=output)
+                write_table(report, sys.stdout, full_report=output)
     for img in result.images:
         if img.status == ImageStatus.ERROR:
             log.error("%s: %s", img.source, "; ".join(img.errors) or "error")
-    summarize_incomplete(data, sys.stderr)
+    summarize_incomplete(report, sys.stderr)
     if interrupted is not None:
         return interrupted.exit_code
-    return exit_code(data, args.fail_on)
+    return exit_code(report, args.fail_on)
 
 
 def _nothing_scanned(sources: list[str], signal_name: str) -> ScanResult:

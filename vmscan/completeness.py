@@ -4,7 +4,7 @@
 check that failed, or examined only part of what it should have, makes its image
 ``partial`` (an ``errors[]`` line per such plugin) and the run's exit code 2. This module
 is the one place that decides it, for the scanner (dataclasses), the nightly job and
-every report writer (JSON-able dicts), so that they can never disagree.
+every report writer (the report read back, :mod:`vmscan.document`), so that they can never disagree.
 
 A plugin says what it could not do with plain notes (``ctx.notes.append("...")``): any
 plain note makes it ``partial``. A note that only explains how something was read (a
@@ -20,12 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vmscan.document import ImageDoc, ReportDoc
 from vmscan.model import (
-    SEVERITY_ORDER,
     ImageResult,
     ImageStatus,
     PluginStatus,
     RootResult,
+    Severity,
     to_jsonable,
 )
 
@@ -142,48 +143,36 @@ class Incomplete:
         return bound(f"{self.root}: {self.plugin} did not complete ({self.status}){why}")
 
 
-def _plugins_of(root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [p for p in root.get("plugins") or [] if isinstance(p, Mapping)]
-
-
-def _roots_of(image: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    roots = [r for r in image.get("roots") or [] if isinstance(r, Mapping)]
-    vols = (image.get("sections") or {}).get("data_volumes") or []
-    return roots + [v for v in vols if isinstance(v, Mapping)]
-
-
-def incomplete_plugins(image: Mapping[str, Any]) -> list[Incomplete]:
-    """Every plugin of a JSON-able image that failed or is partial, in report order.
+def incomplete_plugins(image: ImageDoc | Mapping[str, Any]) -> list[Incomplete]:
+    """Every plugin of an image that failed or is partial, in report order.
 
     An image-level antivirus section that says ``incomplete`` counts too, even when no
     plugin status says so (results written by other tools or older versions).
     """
-    if image.get("status") == ImageStatus.ERROR.value:
+    img = image if isinstance(image, ImageDoc) else ImageDoc.from_json(image)
+    if img.status is ImageStatus.ERROR:
         return []
-    out: list[Incomplete] = []
-    for root in _roots_of(image):
-        device = str(root.get("device", ""))
-        for p in _plugins_of(root):
-            status = str(p.get("status", ""))
-            if status in NOT_COMPLETE:
-                out.append(
-                    Incomplete(device, str(p.get("name", "")), status, str(p.get("reason") or ""))
-                )
-    av = (image.get("sections") or {}).get("antivirus")
+    out = [
+        Incomplete(root.device, p.name, p.status, p.reason)
+        for root in img.roots()
+        for p in root.plugins
+        if p.status in NOT_COMPLETE
+    ]
+    av = img.antivirus
     if (
-        isinstance(av, Mapping)
-        and av.get("status") == "incomplete"
+        av is not None
+        and av.status == "incomplete"
         and not any(i.plugin == "antivirus" for i in out)
     ):
-        reasons = ", ".join(str(r) for r in av.get("incomplete_reasons") or [])
-        roots = ", ".join(str(r) for r in av.get("roots") or []) or "image"
-        status = "partial" if av.get("files_scanned") else "failed"
-        why = str(av.get("detail") or f"antivirus incomplete ({reasons})")
+        reasons = ", ".join(av.incomplete_reasons)
+        roots = ", ".join(av.roots) or "image"
+        status = "partial" if av.files_scanned else "failed"
+        why = av.detail or f"antivirus incomplete ({reasons})"
         out.append(Incomplete(roots, "antivirus", status, why))
     return out
 
 
-def incomplete_messages(image: Mapping[str, Any]) -> set[str]:
+def incomplete_messages(image: ImageDoc | Mapping[str, Any]) -> set[str]:
     """The ``errors[]`` lines that :func:`finalize_image` derived (writers list them apart)."""
     return {i.message() for i in incomplete_plugins(image)}
 
@@ -295,23 +284,16 @@ def _apply(errors: list[str], image: dict[str, Any]) -> None:
 # The exit code of a run (``vmscan scan`` and ``vmscan nightly`` alike)
 
 
-def _findings(image: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
-    for root in _roots_of(image):
-        for f in root.get("findings") or []:
-            if isinstance(f, Mapping):
-                yield f
-
-
-def exit_code(doc: Mapping[str, Any], fail_on: str | None) -> int:
+def exit_code(doc: ReportDoc | Mapping[str, Any], fail_on: str | None) -> int:
     """2: an image could not be scanned, or a selected check did not complete on one;
     else 1: a finding at or above *fail_on*; else 0."""
-    images = [i for i in doc.get("images") or [] if isinstance(i, Mapping)]
-    if any(i.get("status") == ImageStatus.ERROR.value or incomplete_plugins(i) for i in images):
+    report = ReportDoc.of(doc)
+    if any(i.status is ImageStatus.ERROR or incomplete_plugins(i) for i in report.images):
         return EXIT_IMAGE_ERROR
     if fail_on:
-        limit = SEVERITY_ORDER[fail_on]
-        for img in images:
-            if any(SEVERITY_ORDER.get(str(f.get("severity")), 0) >= limit for f in _findings(img)):
+        limit = Severity(fail_on).rank
+        for img in report.images:
+            if any(f.rank >= limit for _, f in img.findings()):
                 return EXIT_FINDINGS
     return EXIT_OK
 

@@ -2,54 +2,45 @@
 
 from __future__ import annotations
 
-import hashlib
-import stat
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
-from vmscan.model import SEVERITY_ORDER
+from vmscan.document import FileDoc, FindingDoc, ImageDoc, ReportDoc
+from vmscan.model import Severity
 from vmscan.versions import COMPARATORS
 
+ImageInput = ImageDoc | Mapping[str, Any]
 
-def finding_key(finding: dict[str, Any]) -> str:
+
+def finding_key(finding: FindingDoc | Mapping[str, Any]) -> str:
     """The finding's fingerprint, or a stable one made from check, rule and target."""
-    fp = str(finding.get("fingerprint") or "")
-    if fp:
-        return fp
-    raw = "\x1f".join(str(finding.get(k, "")) for k in ("check", "rule_id", "target")).encode(
-        "utf-8", "replace"
-    )
-    return "k:" + hashlib.sha256(raw).hexdigest()[:32]
+    if not isinstance(finding, FindingDoc):
+        finding = FindingDoc.from_json(finding)
+    return finding.key()
 
 
-def iter_roots(image: dict[str, Any]) -> list[dict[str, Any]]:
-    """OS roots plus the data volumes of a disk with no OS (``sections.data_volumes``)."""
-    roots = [r for r in image.get("roots") or [] if isinstance(r, dict)]
-    vols = (image.get("sections") or {}).get("data_volumes") or []
-    return roots + [v for v in vols if isinstance(v, dict)]
+def _image(image: ImageInput) -> ImageDoc:
+    return image if isinstance(image, ImageDoc) else ImageDoc.from_json(image)
 
 
-def _findings(image: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+def _findings(image: ImageDoc) -> dict[tuple[str, str], dict[str, Any]]:
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for root in iter_roots(image):
-        device = str(root.get("device", ""))
-        for finding in root.get("findings") or []:
-            out[(device, finding_key(finding))] = {**finding, "root": device}
+    for root, finding in image.findings():
+        out[(root.device, finding.key())] = {**finding.to_json(), "root": root.device}
     # Image-level findings (e.g. antivirus on a data disk) may sit in sections.
-    for finding in (image.get("sections") or {}).get("findings") or []:
-        out[("", finding_key(finding))] = {**finding, "root": ""}
+    for finding in image.image_findings:
+        out[("", finding.key())] = {**finding.to_json(), "root": ""}
     return out
 
 
-def _packages(image: dict[str, Any]) -> tuple[dict[tuple[str, str, str], set[str]], dict[str, str]]:
+def _packages(image: ImageDoc) -> tuple[dict[tuple[str, str, str], set[str]], dict[str, str]]:
     pkgs: dict[tuple[str, str, str], set[str]] = {}
     schemes: dict[str, str] = {}
-    for root in iter_roots(image):
-        device = str(root.get("device", ""))
-        schemes[device] = str((root.get("os") or {}).get("package_format", ""))
-        for pkg in root.get("packages") or []:
-            key = (device, str(pkg.get("name", "")), str(pkg.get("arch", "")))
-            pkgs.setdefault(key, set()).add(str(pkg.get("version", "")))
+    for root in image.roots():
+        schemes[root.device] = root.os.package_format
+        for pkg in root.packages:
+            pkgs.setdefault((root.device, pkg.name, pkg.arch), set()).add(pkg.version)
     return pkgs, schemes
 
 
@@ -63,56 +54,30 @@ def _compare(scheme: str, a: str, b: str) -> int:
     return (a > b) - (a < b)
 
 
-def _is_executable(entry: dict[str, Any]) -> bool:
-    mode = int(entry.get("mode") or 0)
-    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
-        return False
-    return bool(mode & 0o111)
+def _files(image: ImageDoc) -> dict[tuple[str, str], FileDoc]:
+    return {(e.device, e.path): e for e in image.manifest}
 
 
-def _executables(image: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (str(e.get("device", "")), str(e.get("path", ""))): e
-        for e in image.get("manifest") or []
-        if _is_executable(e)
-    }
+def _file_row(key: tuple[str, str], entry: FileDoc) -> dict[str, Any]:
+    return {"device": key[0], "path": key[1], "sha256": entry.sha256, "size": entry.size}
 
 
-def _files(image: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {
-        (str(e.get("device", "")), str(e.get("path", ""))): e
-        for e in image.get("manifest") or []
-        if isinstance(e, dict)
-    }
-
-
-def _file_row(key: tuple[str, str], entry: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "device": key[0],
-        "path": key[1],
-        "sha256": entry.get("sha256"),
-        "size": entry.get("size"),
-    }
-
-
-def diff_files(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def diff_files(a: ImageInput, b: ImageInput) -> dict[str, list[dict[str, Any]]]:
     """Files added, removed and changed (by SHA-256) between two manifests.
 
     A file whose hash could not be computed on either side is "unreadable", never "same".
     """
-    fa, fb = _files(a), _files(b)
+    fa, fb = _files(_image(a)), _files(_image(b))
     added = [_file_row(k, fb[k]) for k in sorted(fb.keys() - fa.keys())]
     removed = [_file_row(k, fa[k]) for k in sorted(fa.keys() - fb.keys())]
     changed: list[dict[str, Any]] = []
     unreadable: list[dict[str, Any]] = []
     for k in sorted(fa.keys() & fb.keys()):
-        ha, hb = fa[k].get("sha256"), fb[k].get("sha256")
+        ha, hb = fa[k].sha256, fb[k].sha256
         if ha is None or hb is None:
             unreadable.append(_file_row(k, fb[k]))
         elif ha != hb:
-            changed.append(
-                {**_file_row(k, fb[k]), "from_sha256": ha, "from_size": fa[k].get("size")}
-            )
+            changed.append({**_file_row(k, fb[k]), "from_sha256": ha, "from_size": fa[k].size})
     return {
         "files_added": added,
         "files_removed": removed,
@@ -121,12 +86,13 @@ def diff_files(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[dict[str,
     }
 
 
-def diff_images(a: dict[str, Any], b: dict[str, Any], files: bool = False) -> dict[str, Any]:
+def diff_images(a: ImageInput, b: ImageInput, files: bool = False) -> dict[str, Any]:
     """Changes from image result ``a`` (older) to ``b`` (newer) of the same source.
 
     With *files*, also every file added, removed or changed (``vmscan diff`` of two points
     in time); the nightly leaves it out, its reports would carry whole manifests.
     """
+    a, b = _image(a), _image(b)
     fa, fb = _findings(a), _findings(b)
     new_findings = [fb[k] for k in sorted(fb.keys() - fa.keys())]
     resolved = [fa[k] for k in sorted(fa.keys() - fb.keys())]
@@ -155,36 +121,37 @@ def diff_images(a: dict[str, Any], b: dict[str, Any], files: bool = False) -> di
 
     notes: list[str] = []
     new_exec: list[dict[str, Any]] = []
-    if not a.get("manifest") and b.get("manifest"):
+    if not a.raw_manifest and b.raw_manifest:
         notes.append("the earlier result has no file manifest: new executables not compared")
     else:
-        ea, eb = _executables(a), _executables(b)
+        ea = {(e.device, e.path): e for e in a.manifest if e.is_executable}
+        eb = {(e.device, e.path): e for e in b.manifest if e.is_executable}
         for path_key in sorted(eb):
-            entry = eb[path_key]
+            e = eb[path_key]
             before = ea.get(path_key)
             if before is None:
                 change = "new"
-            elif before.get("sha256") != entry.get("sha256"):
+            elif before.sha256 != e.sha256:
                 change = "modified"
             else:
                 continue
             new_exec.append(
                 {
-                    "device": path_key[0],
-                    "path": path_key[1],
-                    "sha256": entry.get("sha256"),
-                    "size": entry.get("size"),
-                    "mode": entry.get("mode"),
+                    "device": e.device,
+                    "path": e.path,
+                    "sha256": e.sha256,
+                    "size": e.size,
+                    "mode": e.mode,
                     "change": change,
                 }
             )
     changes: dict[str, list[dict[str, Any]]] = {}
-    if files and a.get("manifest") and b.get("manifest"):
+    if files and a.raw_manifest and b.raw_manifest:
         changes = diff_files(a, b)
     elif files:
         notes.append("a result has no file manifest: files not compared")
     out: dict[str, Any] = {
-        "source": str(b.get("source", a.get("source", ""))),
+        "source": b.source or a.source,
         "new_findings": new_findings,
         "resolved_findings": resolved,
         "packages_added": added,
@@ -195,8 +162,8 @@ def diff_images(a: dict[str, Any], b: dict[str, Any], files: bool = False) -> di
         **changes,
         "notes": notes,
     }
-    if a.get("status") != b.get("status"):
-        out["status"] = {"from": a.get("status"), "to": b.get("status")}
+    if a.status != b.status:
+        out["status"] = {"from": a.status.value, "to": b.status.value}
     out["changed"] = (
         bool(new_findings or resolved or added or removed or upgraded or downgraded or new_exec)
         or any(changes.get(k) for k in ("files_added", "files_removed", "files_changed"))
@@ -205,27 +172,24 @@ def diff_images(a: dict[str, Any], b: dict[str, Any], files: bool = False) -> di
     return out
 
 
-def _run_id(doc: dict[str, Any]) -> Any:
-    return ((doc.get("sections") or {}).get("run") or {}).get("id")
+def _by_severity(findings: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts of the diff's finding rows per severity, most severe first."""
+    sev = Counter(str(f["severity"]) for f in findings)
+    return {s.value: sev[s.value] for s in Severity.descending() if sev[s.value]}
 
 
-def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def diff_runs(a: ReportDoc | Mapping[str, Any], b: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
     """Changes from run document ``a`` (older) to ``b`` (newer), per image and fleet-wide."""
-    ia = {str(i.get("source")): i for i in a.get("images") or []}
-    ib = {str(i.get("source")): i for i in b.get("images") or []}
+    ra, rb = ReportDoc.of(a), ReportDoc.of(b)
+    ia = {i.source: i for i in ra.images}
+    ib = {i.source: i for i in rb.images}
     images = [diff_images(ia[s], ib[s]) for s in sorted(ia.keys() & ib.keys())]
-    sev: Counter[str] = Counter()
-    for img in images:
-        for f in img["new_findings"]:
-            sev[str(f.get("severity", "unknown"))] += 1
     summary = {
         "images_added": len(ib.keys() - ia.keys()),
         "images_gone": len(ia.keys() - ib.keys()),
         "images_changed": sum(1 for i in images if i["changed"]),
         "new_findings": sum(len(i["new_findings"]) for i in images),
-        "new_findings_by_severity": {
-            k: sev[k] for k in sorted(sev, key=lambda s: -SEVERITY_ORDER.get(s, 0))
-        },
+        "new_findings_by_severity": _by_severity([f for i in images for f in i["new_findings"]]),
         "resolved_findings": sum(len(i["resolved_findings"]) for i in images),
         "packages_added": sum(len(i["packages_added"]) for i in images),
         "packages_removed": sum(len(i["packages_removed"]) for i in images),
@@ -234,10 +198,10 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "new_executables": sum(len(i["new_executables"]) for i in images),
     }
     return {
-        "from_run": _run_id(a),
-        "to_run": _run_id(b),
-        "from_started_at": a.get("started_at"),
-        "to_started_at": b.get("started_at"),
+        "from_run": ra.run_id,
+        "to_run": rb.run_id,
+        "from_started_at": ra.started_at,
+        "to_started_at": rb.started_at,
         "images_added": sorted(ib.keys() - ia.keys()),
         "images_gone": sorted(ia.keys() - ib.keys()),
         "images": images,
@@ -245,11 +209,11 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def diff_points(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+def diff_points(a: ImageInput, b: ImageInput) -> dict[str, Any]:
     """Changes from image result ``a`` to ``b``: two points in time of one VM (files too)."""
+    a, b = _image(a), _image(b)
     img = diff_images(a, b, files=True)
-    img["from_source"] = str(a.get("source", ""))
-    sev: Counter[str] = Counter(str(f.get("severity", "unknown")) for f in img["new_findings"])
+    img["from_source"] = a.source
     keys = (
         "new_findings",
         "resolved_findings",
@@ -268,15 +232,13 @@ def diff_points(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         images_added=0,
         images_gone=0,
         images_changed=int(bool(img["changed"])),
-        new_findings_by_severity={
-            k: sev[k] for k in sorted(sev, key=lambda s: -SEVERITY_ORDER.get(s, 0))
-        },
+        new_findings_by_severity=_by_severity(img["new_findings"]),
     )
     return {
         "from_run": img["from_source"],
         "to_run": img["source"],
-        "from_started_at": a.get("started_at"),
-        "to_started_at": b.get("started_at"),
+        "from_started_at": a.started_at,
+        "to_started_at": b.started_at,
         "points": True,
         "images_added": [],
         "images_gone": [],

@@ -18,7 +18,7 @@ class ImageStatus(enum.StrEnum):
 
 
 class Severity(enum.StrEnum):
-    """Finding severity, ordered by :data:`SEVERITY_ORDER`."""
+    """Finding severity; members are declared in the one ordering (least severe first)."""
 
     UNKNOWN = "unknown"
     INFO = "info"
@@ -27,15 +27,27 @@ class Severity(enum.StrEnum):
     HIGH = "high"
     CRITICAL = "critical"
 
+    @property
+    def rank(self) -> int:
+        """Place in the ordering: 0 for ``unknown`` up to 5 for ``critical``."""
+        return SEVERITY_ORDER[self.value]
 
-SEVERITY_ORDER: dict[str, int] = {
-    "unknown": 0,
-    "info": 1,
-    "low": 2,
-    "medium": 3,
-    "high": 4,
-    "critical": 5,
-}
+    @classmethod
+    def parse(cls, value: object) -> Severity:
+        """*value* as a severity; anything that is not one is ``unknown``."""
+        try:
+            return cls(str(value).lower()) if value is not None else cls.UNKNOWN
+        except ValueError:
+            return cls.UNKNOWN
+
+    @classmethod
+    def descending(cls) -> tuple[Severity, ...]:
+        """Every severity, most severe first."""
+        return tuple(reversed(cls))
+
+
+#: Rank of each severity by its value (the order of :class:`Severity`'s members).
+SEVERITY_ORDER: dict[str, int] = {s.value: i for i, s in enumerate(Severity)}
 
 
 @dataclass(frozen=True)
@@ -162,11 +174,16 @@ class Finding:
 
     check: str  # "antivirus" | "patch" | "license" | "migration" | "inventory" (catalogers)
     rule_id: str
-    severity: str
+    severity: Severity
     title: str
     target: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        # A severity given by its value ("high") is kept as the enum; a word that is no
+        # severity is a bug of the check that made it (ValueError: the check fails, loudly).
+        self.severity = Severity(self.severity)
 
 
 @dataclass

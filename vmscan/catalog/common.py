@@ -19,7 +19,7 @@ from packageurl import PackageURL
 
 from vmscan.completeness import bound
 from vmscan.errors import VmscanError
-from vmscan.model import Finding, OSInfo, RootResult
+from vmscan.model import Finding, OSInfo, RootResult, Severity
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def record_broken_db(
         Finding(
             check=INVENTORY_CHECK,
             rule_id=BROKEN_DB_RULE,
-            severity="medium" if usable else "high",
+            severity=Severity.MEDIUM if usable else Severity.HIGH,
             title=bound(f"package database {path} is damaged ({state}): inventory incomplete", 300),
             target=path,
             details={

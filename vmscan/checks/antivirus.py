@@ -17,7 +17,7 @@ from vmscan.av.signatures import database_digest, load_sha256_signatures
 from vmscan.completeness import bound
 from vmscan.errors import UsageError
 from vmscan.guestfs_view import GuestFS
-from vmscan.model import Finding
+from vmscan.model import Finding, Severity
 from vmscan.plugins import Check, ScanContext
 from vmscan.sigdir import signatures_dir
 
@@ -98,7 +98,7 @@ def av_finding(
     return Finding(
         check="antivirus",
         rule_id=signature,
-        severity=severity_of(signature),
+        severity=Severity(severity_of(signature)),
         title=f"{signature} found in {path}",
         target=path,
         details={

@@ -36,7 +36,7 @@ from vmscan.license.windows_inventory import (
     cross_check,
     os_edition,
 )
-from vmscan.model import Finding, Package
+from vmscan.model import Finding, Package, Severity
 from vmscan.plugins import Check, ScanContext
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class LicenseCheck(Check):
                     Finding(
                         check=CHECK,
                         rule_id="license.windows.stale-uninstall-entry",
-                        severity="low",
+                        severity=Severity.LOW,
                         title=f"Uninstall entry of {p.name} names a missing folder",
                         target=target_of(p),
                         details={
@@ -251,7 +251,7 @@ class LicenseCheck(Check):
                 Finding(
                     check=CHECK,
                     rule_id=rule_id,
-                    severity=policy.severity.get(decision.category, "info"),
+                    severity=policy.severity.get(decision.category, Severity.INFO),
                     title=f"{pkg.name}: licence {shown[:120]} is {decision.category}",
                     target=target_of(pkg),
                     details={
@@ -274,7 +274,7 @@ class LicenseCheck(Check):
                 Finding(
                     check=CHECK,
                     rule_id=f"license.watch.{w['id']}",
-                    severity="info",
+                    severity=Severity.INFO,
                     title=f"Watched product: {w['product']}"
                     + (f" {w['edition']}" if w["edition"] else ""),
                     target=str(w["evidence"]),

@@ -37,7 +37,7 @@ from vmscan.checks.patch_repos import (
     read_repositories,
 )
 from vmscan.guestfs_view import GuestFS
-from vmscan.model import SEVERITY_ORDER, Finding
+from vmscan.model import Finding, Severity
 from vmscan.plugins import Check, ScanContext
 from vmscan.versions import COMPARATORS, scheme_for_ecosystem
 
@@ -143,14 +143,12 @@ class PatchCheck(Check):
                 )
             ),
             "unfixed": sum(1 for f in vuln if f.details.get("status") == "unfixed"),
-            "by_severity": {
-                s: by_sev.get(s, 0) for s in sorted(SEVERITY_ORDER, key=SEVERITY_ORDER.__getitem__)
-            },
+            "by_severity": {s.value: by_sev.get(s, 0) for s in Severity},
         }
         # Kept for readers of schema 1.x reports.
         section["summary"]["advisories_by_severity"] = section["summary"]["by_severity"]
         root.sections[NAME] = section
-        findings.sort(key=lambda f: (-SEVERITY_ORDER.get(f.severity, 0), f.rule_id, f.target))
+        findings.sort(key=lambda f: (-f.severity.rank, f.rule_id, f.target))
         return findings
 
     # ------------------------------------------------------------------ inventory
@@ -230,7 +228,7 @@ class PatchCheck(Check):
                 Finding(
                     check=NAME,
                     rule_id="patch/no-advisory-data",
-                    severity="info",
+                    severity=Severity.INFO,
                     title=f"No advisory data for {eco}: installed packages were not matched",
                     target=str(eco),
                     details={"kind": "coverage", "ecosystem": str(eco)},
@@ -337,7 +335,7 @@ class PatchCheck(Check):
                 Finding(
                     check=NAME,
                     rule_id=vid,
-                    severity=rating.severity,
+                    severity=Severity(rating.severity),
                     title=title,
                     target=name,
                     details=details,
@@ -387,7 +385,7 @@ class PatchCheck(Check):
             Finding(
                 check=NAME,
                 rule_id="patch/stale-data",
-                severity="info",
+                severity=Severity.INFO,
                 title=f"Patch data older than {max_age} days: {names}; import current feeds",
                 target="advisory data",
                 details={"kind": "stale_data", "max_age_days": max_age, "feeds": stale[:20]},
@@ -435,7 +433,7 @@ class PatchCheck(Check):
             Finding(
                 check=NAME,
                 rule_id=rule,
-                severity=sev,
+                severity=Severity(sev),
                 title=title,
                 target=e.name,
                 details={

@@ -20,7 +20,7 @@ from vmscan.advisories.model import Rating
 from vmscan.advisories.severity import word_rating, worst
 from vmscan.advisories.wesng import closure
 from vmscan.advisories.windows import patch_level
-from vmscan.model import Finding
+from vmscan.model import Finding, Severity
 from vmscan.plugins import ScanContext
 
 NAME = "patch"
@@ -118,7 +118,7 @@ def windows_findings(
             Finding(
                 check=NAME,
                 rule_id="windows-cu/unknown-build",
-                severity="info",
+                severity=Severity.INFO,
                 title=f"No patch data for Windows build {build} ({name[:60]}): its cumulative "
                 "update level is unknown",
                 target=f"{build}.{ubr}",
@@ -160,7 +160,7 @@ def windows_findings(
                 Finding(
                     check=NAME,
                     rule_id=rule,
-                    severity="medium" if behind <= 2 else "high",
+                    severity=Severity.MEDIUM if behind <= 2 else Severity.HIGH,
                     title=(
                         f"{lvl.name} {build}.{ubr} is {count} / {lvl.days_behind} days behind "
                         f"{lvl.latest_kb} ({build}.{lvl.latest_ubr}, {lvl.latest_date})"
@@ -199,7 +199,7 @@ def _servicing(ctx: ScanContext, win: dict[str, Any], build: int, ubr: int) -> l
         Finding(
             check=NAME,
             rule_id=rule,
-            severity="medium",
+            severity=Severity.MEDIUM,
             title=(
                 f"A cumulative update for {build}.{top['ubr']} is installed but not active: the "
                 f"registry still says {build}.{ubr} (restart pending or a failed install)"
@@ -348,7 +348,7 @@ def _cves(
             Finding(
                 check=NAME,
                 rule_id=cve,
-                severity=rating.severity,
+                severity=Severity(rating.severity),
                 title=f"Windows {build}.{ubr} is affected by {cve}; fixed in {where}",
                 target=f"Windows {build}",
                 details={

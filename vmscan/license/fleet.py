@@ -1,116 +1,215 @@
 """Fleet licence summary: VMs per OS edition and per watched commercial product/edition.
 
-Input is the canonical scan document (the JSON report as a dict). The licence check puts
-``sections["license"]`` (``os_edition``, ``watched``) on each root; when it did not run
-the OS edition comes from the root's ``os`` and watched packages are matched with
-*policy* (the default policy when none is given).
+Input is the report (:class:`~vmscan.document.ReportDoc`, or its JSON form). The licence
+check puts ``sections["license"]`` (``os_edition``, ``watched``) on each root; when it did
+not run the OS edition comes from the root's ``os`` and watched packages are matched with
+*policy* (the default policy when none is given). The summary is written to the report as
+``sections.license_fleet`` (:meth:`FleetSummary.to_json`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from vmscan.document import ReportDoc, RootDoc
 from vmscan.license.policy import Policy, edition_of, watch_matches_os, watch_matches_package
 
 
-def _vm_name(image: dict[str, Any]) -> str:
-    return str(image.get("source") or "?")
+@dataclass(frozen=True)
+class EditionCount:
+    """VMs running one OS edition."""
+
+    os: str
+    edition_id: str
+    installation_type: str
+    count: int
+    vms: tuple[str, ...]
 
 
-def _edition_of_root(root: dict[str, Any]) -> dict[str, Any]:
-    sec = (root.get("sections") or {}).get("license") or {}
-    ed = sec.get("os_edition")
-    if isinstance(ed, dict):
-        return ed
-    os_ = root.get("os") or {}
-    extra = os_.get("extra") or {}
-    return {
-        "type": os_.get("type", "unknown"),
-        "product_name": extra.get("ProductName") or os_.get("product_name", ""),
-        "edition_id": extra.get("EditionID", ""),
-        "installation_type": extra.get("InstallationType", ""),
-    }
+@dataclass(frozen=True)
+class WatchedCount:
+    """VMs holding one edition of one watched commercial product."""
+
+    id: str
+    product: str
+    edition: str
+    count: int
+    vms: tuple[str, ...]
 
 
-def _edition_label(ed: dict[str, Any]) -> str:
-    name = str(ed.get("product_name") or "") or str(ed.get("distro") or "unknown")
-    return name
+def _s(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
-def _watched_of_root(root: dict[str, Any], policy: Policy | None) -> list[dict[str, Any]]:
-    sec = (root.get("sections") or {}).get("license") or {}
-    if isinstance(sec.get("watched"), list):
-        return [w for w in sec["watched"] if isinstance(w, dict)]
+def _vms(value: Any) -> tuple[str, ...]:
+    return tuple(_s(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(frozen=True)
+class FleetSummary:
+    """Counts and VM lists per OS edition and per watched product/edition."""
+
+    vms: int
+    os_editions: tuple[EditionCount, ...]
+    watched: tuple[WatchedCount, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """``sections.license_fleet`` of the report."""
+        return {
+            "vms": self.vms,
+            "os_editions": [
+                {
+                    "os": e.os,
+                    "edition_id": e.edition_id,
+                    "installation_type": e.installation_type,
+                    "count": e.count,
+                    "vms": list(e.vms),
+                }
+                for e in self.os_editions
+            ],
+            "watched": [
+                {
+                    "id": w.id,
+                    "product": w.product,
+                    "edition": w.edition,
+                    "count": w.count,
+                    "vms": list(w.vms),
+                }
+                for w in self.watched
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FleetSummary:
+        """A stored ``sections.license_fleet`` (rows that are no object are dropped)."""
+
+        def rows(key: str) -> list[Mapping[str, Any]]:
+            value = data.get(key)
+            return [r for r in value if isinstance(r, Mapping)] if isinstance(value, list) else []
+
+        return cls(
+            vms=_count(data.get("vms")),
+            os_editions=tuple(
+                EditionCount(
+                    _s(r.get("os")),
+                    _s(r.get("edition_id")),
+                    _s(r.get("installation_type")),
+                    _count(r.get("count")),
+                    _vms(r.get("vms")),
+                )
+                for r in rows("os_editions")
+            ),
+            watched=tuple(
+                WatchedCount(
+                    _s(r.get("id")),
+                    _s(r.get("product")),
+                    _s(r.get("edition")),
+                    _count(r.get("count")),
+                    _vms(r.get("vms")),
+                )
+                for r in rows("watched")
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class _Edition:
+    type: str
+    product_name: str
+    edition_id: str
+    installation_type: str
+    distro: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.product_name or self.distro or "unknown"
+
+
+def _edition_of_root(root: RootDoc) -> _Edition:
+    ed = root.license.os_edition if root.license else None
+    if ed is not None:
+        return _Edition(ed.type, ed.product_name, ed.edition_id, ed.installation_type, ed.distro)
+    extra = root.os.extra
+    return _Edition(
+        type=root.os.type,
+        product_name=_s(extra.get("ProductName")) or root.os.product_name,
+        edition_id=_s(extra.get("EditionID")),
+        installation_type=_s(extra.get("InstallationType")),
+    )
+
+
+def _watched_of_root(root: RootDoc, policy: Policy | None) -> list[tuple[str, str, str]]:
+    """(rule id, product, edition) of every watched product on *root*."""
+    if root.license is not None and root.license.watched is not None:
+        return [(w.id, w.product, w.edition) for w in root.license.watched]
     policy = policy or Policy.load()
-    out: list[dict[str, Any]] = []
+    out: list[tuple[str, str, str]] = []
     ed = _edition_of_root(root)
-    product = str(ed.get("product_name") or "")
+    product = ed.product_name
     for rule in policy.watch:
         if rule.kind == "os":
             if product and watch_matches_os(rule, product):
-                out.append(
-                    {
-                        "id": rule.id,
-                        "product": rule.product,
-                        "edition": str(ed.get("edition_id") or product),
-                    }
-                )
+                out.append((rule.id, rule.product, ed.edition_id or product))
             continue
-        for pkg in root.get("packages") or []:
-            name = str(pkg.get("name", ""))
-            if watch_matches_package(rule, name):
-                out.append(
-                    {"id": rule.id, "product": rule.product, "edition": edition_of(rule, name)}
-                )
+        for pkg in root.packages:
+            if watch_matches_package(rule, pkg.name):
+                out.append((rule.id, rule.product, edition_of(rule, pkg.name)))
                 break
     return out
 
 
-def fleet_summary(scan_json: dict[str, Any], policy: Policy | None = None) -> dict[str, Any]:
-    """Counts and VM lists per OS edition and per watched product/edition."""
+def summarize_fleet(doc: ReportDoc, policy: Policy | None = None) -> FleetSummary:
+    """Counts and VM lists per OS edition and per watched product/edition (OS roots only:
+    a data volume holds no licensed OS)."""
     editions: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     watched: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    images = [i for i in scan_json.get("images") or [] if isinstance(i, dict)]
-    for image in images:
-        vm = _vm_name(image)
-        for root in image.get("roots") or []:
-            if not isinstance(root, dict):
+    for image in doc.images:
+        vm = image.source or "?"
+        for root in image.roots():
+            if root.data_volume:
                 continue
             ed = _edition_of_root(root)
-            if str(ed.get("type", "unknown")) == "unknown" and not ed.get("product_name"):
+            if (ed.type or "unknown") == "unknown" and not ed.product_name:
                 continue  # a data filesystem, not an OS
-            key = (
-                _edition_label(ed),
-                str(ed.get("edition_id") or ""),
-                str(ed.get("installation_type") or ""),
-            )
-            editions[key].add(vm)
-            for w in _watched_of_root(root, policy):
-                wkey = (str(w.get("id", "")), str(w.get("product", "")), str(w.get("edition", "")))
+            editions[(ed.label, ed.edition_id, ed.installation_type)].add(vm)
+            for wkey in _watched_of_root(root, policy):
                 watched[wkey].add(vm)
-    return {
-        "vms": len(images),
-        "os_editions": [
-            {
-                "os": k[0],
-                "edition_id": k[1],
-                "installation_type": k[2],
-                "count": len(v),
-                "vms": sorted(v),
-            }
+    return FleetSummary(
+        vms=len(doc.images),
+        os_editions=tuple(
+            EditionCount(k[0], k[1], k[2], len(v), tuple(sorted(v)))
             for k, v in sorted(editions.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        ],
-        "watched": [
-            {"id": k[0], "product": k[1], "edition": k[2], "count": len(v), "vms": sorted(v)}
+        ),
+        watched=tuple(
+            WatchedCount(k[0], k[1], k[2], len(v), tuple(sorted(v)))
             for k, v in sorted(watched.items(), key=lambda kv: (kv[0][0], kv[0][2]))
-        ],
-    }
+        ),
+    )
 
 
-def fleet_of(scan_json: dict[str, Any]) -> dict[str, Any]:
-    """``sections["license_fleet"]`` of the document, computed when the run has none."""
-    sec = (scan_json.get("sections") or {}).get("license_fleet")
-    if isinstance(sec, dict):
-        return sec
-    return fleet_summary(scan_json)
+def fleet_summary(
+    scan_json: ReportDoc | Mapping[str, Any], policy: Policy | None = None
+) -> dict[str, Any]:
+    """The summary as the report's ``sections.license_fleet``."""
+    return summarize_fleet(ReportDoc.of(scan_json), policy).to_json()
+
+
+def fleet_of(scan_json: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
+    """``sections["license_fleet"]`` of the document as stored, computed when it has none."""
+    doc = ReportDoc.of(scan_json)
+    sec = doc.sections.get("license_fleet")
+    if isinstance(sec, Mapping):
+        return dict(sec)
+    return summarize_fleet(doc).to_json()
+
+
+def fleet_counts(scan_json: ReportDoc | Mapping[str, Any]) -> FleetSummary:
+    """:func:`fleet_of`, typed (what the CSV and HTML writers show)."""
+    return FleetSummary.from_json(fleet_of(scan_json))

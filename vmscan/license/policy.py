@@ -22,6 +22,7 @@ from license_expression import AND, OR, ExpressionError, LicenseSymbol, LicenseW
 
 from vmscan.errors import UsageError
 from vmscan.license.spdx_map import licensing
+from vmscan.model import Severity
 from vmscan.sigdir import BUNDLED
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,13 @@ DEFAULT_POLICY = BUNDLED / "licenses" / "default-policy.toml"
 
 CATEGORIES = ("forbidden", "restricted", "unknown", "reciprocal", "notice", "permissive")
 
-_DEFAULT_SEVERITY = {
-    "forbidden": "high",
-    "restricted": "medium",
-    "unknown": "low",
-    "reciprocal": "info",
-    "notice": "info",
-    "permissive": "info",
+_DEFAULT_SEVERITY: dict[str, Severity] = {
+    "forbidden": Severity.HIGH,
+    "restricted": Severity.MEDIUM,
+    "unknown": Severity.LOW,
+    "reciprocal": Severity.INFO,
+    "notice": Severity.INFO,
+    "permissive": Severity.INFO,
 }
 
 
@@ -73,7 +74,7 @@ class Policy:
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     order: tuple[str, ...] = CATEGORIES
     report: tuple[str, ...] = ("forbidden", "restricted", "unknown")
-    severity: dict[str, str] = field(default_factory=lambda: dict(_DEFAULT_SEVERITY))
+    severity: dict[str, Severity] = field(default_factory=lambda: dict(_DEFAULT_SEVERITY))
     watch: tuple[WatchRule, ...] = ()
     source: str = ""
     #: Windows programs state no licence: their "unknown" is reported only when asked.
@@ -95,7 +96,10 @@ class Policy:
                 raise UsageError(f"{source}: license.order must list each of {CATEGORIES}")
             report = tuple(str(x) for x in table.get("report", cls.report))
             sev = dict(_DEFAULT_SEVERITY)
-            sev.update({str(k): str(v) for k, v in dict(table.get("severity", {})).items()})
+            # A severity that is none (a typo) is refused here, not in every scanned root.
+            sev.update(
+                {str(k): Severity(str(v)) for k, v in dict(table.get("severity", {})).items()}
+            )
             watch = tuple(
                 WatchRule(
                     id=str(w["id"]),

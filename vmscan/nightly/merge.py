@@ -7,14 +7,34 @@ import copy
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from vmscan.completeness import (
     finalize_image_dict,
     plugin_status,
 )
-from vmscan.diff import diff_runs, iter_roots
-from vmscan.model import SEVERITY_ORDER, ImageResult, ImageStatus, to_jsonable
+from vmscan.diff import diff_runs
+from vmscan.document import (
+    FindingDoc,
+    ImageDoc,
+    OSDoc,
+    PackageDoc,
+    PluginDoc,
+    ReportDoc,
+    RootDoc,
+)
+from vmscan.model import (
+    Finding,
+    ImageResult,
+    ImageStatus,
+    OSInfo,
+    Package,
+    PluginStatus,
+    RootResult,
+    Severity,
+    to_jsonable,
+)
 from vmscan.state import RUN_COMPLETE, StateDB, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,49 +55,90 @@ def _sections_of(checks: tuple[str, ...]) -> list[str]:
     return [name for c in checks for name in CHECK_SECTIONS.get(c, (c,))]
 
 
+def _replace_sections(
+    sections: Mapping[str, Any], fresh: Mapping[str, Any], names: list[str]
+) -> dict[str, Any]:
+    """*sections* with each of *names* taken from *fresh* (dropped when *fresh* has none)."""
+    out = dict(sections)
+    for name in names:
+        out.pop(name, None)
+        if name in fresh:
+            out[name] = fresh[name]
+    return out
+
+
+def _with_roots(image: ImageDoc, roots: list[RootDoc]) -> ImageDoc:
+    """*image* with its roots (OS roots, then data volumes, as :meth:`ImageDoc.roots`)."""
+    n = len(image.os_roots)
+    return dataclasses.replace(image, os_roots=tuple(roots[:n]), data_volumes=tuple(roots[n:]))
+
+
+def merge_partial(old: ImageDoc, new: ImageDoc, checks: tuple[str, ...]) -> ImageDoc:
+    """Old result with only ``checks``' findings and sections replaced by the new scan's."""
+    if new.status is ImageStatus.ERROR:
+        return new
+    names = _sections_of(checks)
+    new_roots = {r.device: r for r in new.roots()}
+    roots: list[RootDoc] = []
+    for root in old.roots():
+        fresh = new_roots.get(root.device)
+        if fresh is None:
+            roots.append(root)
+            continue
+        plugins = {p.name: p for p in root.plugins}
+        plugins.update({p.name: p for p in fresh.plugins})
+        roots.append(
+            dataclasses.replace(
+                root,
+                findings=tuple(f for f in root.findings if f.check not in checks)
+                + tuple(f for f in fresh.findings if f.check in checks),
+                sections=_replace_sections(root.sections, fresh.sections, names),
+                plugins=tuple(plugins.values()),
+            )
+        )
+    errors = list(old.errors)
+    errors += [e for e in new.errors if e not in errors]
+    status = old.status
+    if new.status is ImageStatus.PARTIAL and status is ImageStatus.OK:
+        status = ImageStatus.PARTIAL
+    return dataclasses.replace(
+        _with_roots(old, roots),
+        sections=_replace_sections(old.sections, new.sections, names),
+        errors=tuple(errors),
+        status=status,
+        started_at=new.started_at,
+        finished_at=new.finished_at,
+        duration_s=new.duration_s,
+    )
+
+
 def _merge_partial(
     old: dict[str, Any], new: dict[str, Any], checks: tuple[str, ...]
 ) -> dict[str, Any]:
-    """Old result with only ``checks``' findings and sections replaced by the new scan's."""
-    if new.get("status") == "error":
-        return new
-    merged = copy.deepcopy(old)
-    new_roots = {str(r.get("device")): r for r in iter_roots(new)}
-    for root in iter_roots(merged):
-        fresh = new_roots.get(str(root.get("device")))
-        if fresh is None:
-            continue
-        root["findings"] = [
-            f for f in root.get("findings") or [] if f.get("check") not in checks
-        ] + [f for f in fresh.get("findings") or [] if f.get("check") in checks]
-        sections = dict(root.get("sections") or {})
-        for name in _sections_of(checks):
-            sections.pop(name, None)
-            if name in (fresh.get("sections") or {}):
-                sections[name] = fresh["sections"][name]
-        root["sections"] = sections
-        plugins = {p.get("name"): p for p in root.get("plugins") or []}
-        plugins.update({p.get("name"): p for p in fresh.get("plugins") or []})
-        root["plugins"] = list(plugins.values())
-    sections = merged.setdefault("sections", {})
-    for name in _sections_of(checks):
-        sections.pop(name, None)
-        if name in (new.get("sections") or {}):
-            sections[name] = new["sections"][name]
-    errors = list(merged.get("errors") or [])
-    errors += [e for e in new.get("errors") or [] if e not in errors]
-    merged["errors"] = errors
-    if new.get("status") == "partial" and merged.get("status") == "ok":
-        merged["status"] = "partial"
-    for k in ("started_at", "finished_at", "duration_s"):
-        if k in new:
-            merged[k] = new[k]
-    return merged
+    """:func:`merge_partial` of two stored (JSON) results."""
+    return merge_partial(ImageDoc.from_json(old), ImageDoc.from_json(new), checks).to_json()
 
 
-def _from_dict(cls: Any, data: Any) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in (data or {}).items() if k in names})
+def _os_info(os_: OSDoc) -> OSInfo:
+    return OSInfo(
+        **{f.name: getattr(os_, f.name) for f in dataclasses.fields(OSInfo) if f.name != "extra"},
+        extra=copy.deepcopy(dict(os_.extra)),
+    )
+
+
+def _package(p: PackageDoc) -> Package:
+    return Package(
+        name=p.name,
+        version=p.version,
+        arch=p.arch,
+        source_name=p.source_name,
+        source_version=p.source_version,
+        licenses=list(p.licenses),
+        license_source=p.license_source,
+        found_by=p.found_by,
+        purl=p.purl,
+        extra=copy.deepcopy(dict(p.extra)),
+    )
 
 
 def offline_recheck(
@@ -86,7 +147,6 @@ def offline_recheck(
     """Re-run inventory-only checks on a stored result; None when that is not possible."""
     import importlib
 
-    from vmscan.model import OSInfo, Package, PluginStatus, RootResult
     from vmscan.plugins import ScanContext
 
     if not checks or any(c not in OFFLINE_CHECKS for c in checks):
@@ -99,21 +159,22 @@ def offline_recheck(
     except (ImportError, AttributeError) as exc:
         log.debug("offline re-check unavailable: %s", exc)
         return None
-    merged = copy.deepcopy(old)
-    for root in iter_roots(merged):
+    image = ImageDoc.from_json(old)
+    roots: list[RootDoc] = []
+    for root in image.roots():
         rr = RootResult(
-            device=str(root.get("device", "")),
-            os=_from_dict(OSInfo, root.get("os")),
-            mountpoints=dict(root.get("mountpoints") or {}),
-            packages=[_from_dict(Package, p) for p in root.get("packages") or []],
+            device=root.device,
+            os=_os_info(root.os),
+            mountpoints=dict(root.mountpoints),
+            packages=[_package(p) for p in root.packages],
             # Cataloger statuses: the patch check reports a failed inventory as incomplete.
-            plugins=[_from_dict(PluginStatus, p) for p in root.get("plugins") or []],
+            plugins=[PluginStatus(p.name, p.status, p.reason, p.version) for p in root.plugins],
             # Earlier sections: the patch check reuses the repository configuration read then.
-            sections=copy.deepcopy(dict(root.get("sections") or {})),
+            sections=copy.deepcopy(dict(root.sections)),
         )
         ctx = ScanContext(root=rr, manifest=[], options=dict(options))
-        statuses = {str(p.get("name")): p for p in root.get("plugins") or []}
-        fresh: list[Any] = []
+        statuses = {p.name: p for p in root.plugins}
+        fresh: list[Finding] = []
         for plugin in plugins:
             ctx.notes = []
             try:
@@ -121,17 +182,24 @@ def offline_recheck(
             except Exception as exc:  # fall back to a scan with the appliance
                 log.info("offline %s re-check failed (%s); rescanning", plugin.NAME, exc)
                 return None
-            statuses[plugin.NAME] = to_jsonable(plugin_status(plugin.NAME, ctx.notes))
-        root["findings"] = [
-            f for f in root.get("findings") or [] if f.get("check") not in checks
-        ] + to_jsonable(fresh)
-        sections = dict(root.get("sections") or {})
+            statuses[plugin.NAME] = PluginDoc.from_json(
+                to_jsonable(plugin_status(plugin.NAME, ctx.notes))
+            )
+        sections = dict(root.sections)
         for check in checks:
             sections.pop(check, None)
             if check in rr.sections:
                 sections[check] = to_jsonable(rr.sections[check])
-        root["sections"] = sections
-        root["plugins"] = list(statuses.values())
+        roots.append(
+            dataclasses.replace(
+                root,
+                findings=tuple(f for f in root.findings if f.check not in checks)
+                + tuple(FindingDoc.from_json(to_jsonable(f)) for f in fresh),
+                sections=sections,
+                plugins=tuple(statuses.values()),
+            )
+        )
+    merged = _with_roots(image, roots).to_json()
     finalize_image_dict(merged)
     return merged
 
@@ -150,29 +218,22 @@ def _error_result(source: str, message: str) -> dict[str, Any]:
     return result
 
 
-def _all_findings(image: dict[str, Any]) -> list[dict[str, Any]]:
-    return [f for r in iter_roots(image) for f in r.get("findings") or []]
-
-
-def summarize(doc: dict[str, Any]) -> dict[str, Any]:
+def summarize(doc: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
     """Counts kept in ``runs.summary`` for trends and metrics."""
-    images = doc.get("images") or []
-    status = Counter(str(i.get("status")) for i in images)
+    report = ReportDoc.of(doc)
+    status = Counter(i.status.value for i in report.images)
     sev: Counter[str] = Counter()
     by_check: Counter[str] = Counter()
-    carried = 0
-    for img in images:
-        if ((img.get("sections") or {}).get("state") or {}).get("carried_forward"):
-            carried += 1
-        for f in _all_findings(img):
-            sev[str(f.get("severity", "unknown"))] += 1
-            by_check[str(f.get("check", ""))] += 1
+    for img in report.images:
+        for _, f in img.findings():
+            sev[f.severity.value] += 1
+            by_check[f.check] += 1
     return {
-        "images": len(images),
+        "images": len(report.images),
         "images_by_status": dict(sorted(status.items())),
-        "findings_by_severity": {k: sev.get(k, 0) for k in SEVERITY_ORDER},
+        "findings_by_severity": {s.value: sev[s.value] for s in Severity},
         "findings_by_check": dict(sorted(by_check.items())),
-        "carried_forward": carried,
+        "carried_forward": sum(1 for i in report.images if i.state.carried_forward),
     }
 
 

@@ -20,7 +20,7 @@ from vmscan.completeness import (
     exit_code,
     incomplete_plugins,
 )
-from vmscan.diff import iter_roots
+from vmscan.document import ImageDoc
 from vmscan.errors import VmscanError
 from vmscan.faults import stop_point
 from vmscan.model import ImageResult, ScanResult
@@ -387,7 +387,7 @@ def store_image_result(
     if ident is not None:
         # The digests this result depends on follow from its OS types (the plan of the
         # next night reads them back from here).
-        os_types = sorted({str((r.get("os") or {}).get("type") or "") for r in iter_roots(result)})
+        os_types = sorted({r.os.type for r in ImageDoc.from_json(result).roots()})
         meta = {**ident, "base_key": item.base_key, "digests": digests, "os_types": os_types}
         scan_key = scan_key_for(item.base_key, digests, os_types)
     av_full = _av_full_scan(db, item, result, carried=carried, offline=offline)

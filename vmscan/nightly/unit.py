@@ -16,7 +16,7 @@ from vmscan.completeness import (
 )
 from vmscan.errors import VmscanError
 from vmscan.model import ImageResult, ScanResult, to_jsonable
-from vmscan.nightly.av_recheck import _keep_unstreamed_av_findings
+from vmscan.nightly.av_recheck import keep_unstreamed_av_findings
 from vmscan.nightly.config import NightlyConfig
 from vmscan.nightly.digests import default_signatures_dir
 from vmscan.nightly.identity import source_identity, stat_parts
@@ -91,7 +91,7 @@ def image_result(
     if item.action == "partial" and base is not None:
         result = _merge_partial(base, result, item.checks)
         if item.av_scope and result.get("status") != "error":
-            _keep_unstreamed_av_findings(base, result, item.av_scope, str(cfg.state_db))
+            result = keep_unstreamed_av_findings(base, result, item.av_scope, str(cfg.state_db))
     finalize_image_dict(result)  # whatever the scan function: status follows plugins
     ident = item.identity
     try:

@@ -1,4 +1,5 @@
-"""Report writers: each turns a run document (canonical result dict) into one format.
+"""Report writers: each turns a run's report (:class:`~vmscan.document.ReportDoc`, or its
+JSON form, read once through it) into one format.
 
 :class:`~vmscan.report.formats.ReportFormat` names every format and gives its writer;
 :data:`WRITERS` maps the names of the stream formats to their writers (what the nightly

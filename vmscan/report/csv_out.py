@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from vmscan.completeness import IMAGE_ERROR_RULE, INCOMPLETE_RULE, bound, incomplete_plugins
-from vmscan.diff import iter_roots
+from vmscan.document import ReportDoc, RootDoc
+from vmscan.model import ImageStatus
 from vmscan.report.json_out import atomic_write_text
 
 _DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
@@ -47,66 +48,66 @@ def neutralise(value: Any) -> str:
     return text
 
 
-def _roots(scan_json: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+ReportInput = ReportDoc | Mapping[str, Any]
+
+
+def _roots(doc: ReportDoc) -> Iterator[tuple[str, RootDoc]]:
     # OS roots and the data volumes of disks with no OS (their findings count as much).
-    for image in scan_json.get("images") or []:
-        for root in iter_roots(image):
-            yield str(image.get("source") or ""), root
+    for image in doc.images:
+        for root in image.roots():
+            yield image.source, root
 
 
-def _os(root: dict[str, Any]) -> str:
-    os_ = root.get("os") or {}
-    return str(os_.get("product_name") or os_.get("distro") or "")
+def _os(root: RootDoc) -> str:
+    return root.os.product_name or root.os.distro
 
 
-def inventory_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
+def inventory_rows(scan_json: ReportInput) -> Iterator[list[Any]]:
     """One row per package."""
-    for source, root in _roots(scan_json):
-        for pkg in root.get("packages") or []:
-            extra = pkg.get("extra") or {}
+    for source, root in _roots(ReportDoc.of(scan_json)):
+        for pkg in root.packages:
             yield [
                 source,
-                root.get("device", ""),
+                root.device,
                 _os(root),
-                pkg.get("name", ""),
-                pkg.get("version", ""),
-                pkg.get("arch", ""),
-                pkg.get("source_name", ""),
-                pkg.get("found_by", ""),
-                pkg.get("purl", ""),
-                extra.get("publisher", ""),
-                extra.get("install_location", ""),
+                pkg.name,
+                pkg.version,
+                pkg.arch,
+                pkg.source_name,
+                pkg.found_by,
+                pkg.purl,
+                pkg.extra_str("publisher"),
+                pkg.extra_str("install_location"),
             ]
 
 
-def license_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
+def license_rows(scan_json: ReportInput) -> Iterator[list[Any]]:
     """One row per package: its SPDX licences (``unknown`` when none)."""
-    for source, root in _roots(scan_json):
-        for pkg in root.get("packages") or []:
-            extra = pkg.get("extra") or {}
-            lics = [str(x) for x in pkg.get("licenses") or []]
+    for source, root in _roots(ReportDoc.of(scan_json)):
+        for pkg in root.packages:
             yield [
                 source,
-                root.get("device", ""),
-                pkg.get("name", ""),
-                pkg.get("version", ""),
-                " ; ".join(lics) or "unknown",
-                extra.get("license_category", ""),
-                pkg.get("license_source") or "unknown",
+                root.device,
+                pkg.name,
+                pkg.version,
+                " ; ".join(pkg.licenses) or "unknown",
+                pkg.extra_str("license_category"),
+                pkg.license_source or "unknown",
             ]
 
 
-def finding_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
+def finding_rows(scan_json: ReportInput) -> Iterator[list[Any]]:
     """One row per finding (all checks); details as compact JSON.
 
     First, a row per image that could not be scanned and per check that did not
     complete on a root (rule ``VMSCAN-IMAGE-ERROR`` / ``VMSCAN-CHECK-INCOMPLETE``): a
     spreadsheet without findings must never read as a clean fleet.
     """
-    for image in scan_json.get("images") or []:
-        source = str(image.get("source") or "")
-        if image.get("status") == "error":
-            errors = [str(e) for e in image.get("errors") or []] or ["could not be scanned"]
+    doc = ReportDoc.of(scan_json)
+    for image in doc.images:
+        source = image.source
+        if image.status is ImageStatus.ERROR:
+            errors = list(image.errors) or ["could not be scanned"]
             yield [
                 source,
                 "",
@@ -130,43 +131,29 @@ def finding_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
                     {"status": inc.status, "reason": inc.reason}, sort_keys=True, ensure_ascii=False
                 ),
             ]
-    for source, root in _roots(scan_json):
-        for f in root.get("findings") or []:
+    for source, root in _roots(doc):
+        for f in root.findings:
             yield [
                 source,
-                root.get("device", ""),
-                f.get("check", ""),
-                f.get("rule_id", ""),
-                f.get("severity", ""),
-                f.get("title", ""),
-                f.get("target", ""),
-                json.dumps(f.get("details") or {}, sort_keys=True, ensure_ascii=False),
+                root.device,
+                f.check,
+                f.rule_id,
+                f.severity.value,
+                f.title,
+                f.target,
+                json.dumps(dict(f.details), sort_keys=True, ensure_ascii=False),
             ]
 
 
-def fleet_rows(scan_json: dict[str, Any]) -> Iterator[list[Any]]:
+def fleet_rows(scan_json: ReportInput) -> Iterator[list[Any]]:
     """The licence fleet summary: one row per OS edition and per watched product/edition."""
-    from vmscan.license.fleet import fleet_of
+    from vmscan.license.fleet import fleet_counts
 
-    fleet = fleet_of(scan_json)
-    for e in fleet.get("os_editions") or []:
-        yield [
-            "os",
-            e.get("os", ""),
-            e.get("edition_id", ""),
-            e.get("installation_type", ""),
-            e.get("count", 0),
-            " ".join(e.get("vms") or []),
-        ]
-    for w in fleet.get("watched") or []:
-        yield [
-            "watched",
-            w.get("product", ""),
-            w.get("edition", ""),
-            "",
-            w.get("count", 0),
-            " ".join(w.get("vms") or []),
-        ]
+    fleet = fleet_counts(scan_json)
+    for e in fleet.os_editions:
+        yield ["os", e.os, e.edition_id, e.installation_type, e.count, " ".join(e.vms)]
+    for w in fleet.watched:
+        yield ["watched", w.product, w.edition, "", w.count, " ".join(w.vms)]
 
 
 def csv_text(columns: list[str], rows: Iterable[list[Any]]) -> str:
@@ -179,8 +166,9 @@ def csv_text(columns: list[str], rows: Iterable[list[Any]]) -> str:
     return buf.getvalue()
 
 
-def write_csv(scan_json: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_csv(scan_json: ReportInput, out_dir: Path) -> list[Path]:
     """Write inventory.csv, licenses.csv, findings.csv, license_fleet.csv; their paths."""
+    scan_json = ReportDoc.of(scan_json)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [

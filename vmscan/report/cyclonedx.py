@@ -1,9 +1,10 @@
 """CycloneDX 1.6 JSON export (cyclonedx-python-lib): one BOM per scanned image.
 
 Layout of one BOM: ``metadata.component`` is the image (type "file"); each OS root is an
-"operating-system" component; every package is a component (type "library", Windows
-programs "application") with its purl and licences; patch-level findings (check "patch")
-are ``vulnerabilities`` whose ``affects`` point at the package they name.
+"operating-system" component (a data volume of a disk with no OS a "data" one); every
+package is a component (type "library", Windows programs "application") with its purl
+and licences; patch-level findings (check "patch") are ``vulnerabilities`` whose
+``affects`` point at the package they name.
 
 Output: :func:`write_cyclonedx` writes one CycloneDX document to one stream: with one
 image, that image's BOM; with several, one BOM of the run (:func:`run_bom`) whose
@@ -18,6 +19,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -41,18 +43,20 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
+from vmscan.document import FindingDoc, ImageDoc, OSDoc, PackageDoc, ReportDoc, RootDoc
 from vmscan.license.spdx_map import is_listed
+from vmscan.model import Severity
 from vmscan.report.json_out import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 _NS = uuid.UUID("6b3c4a52-5a2e-4c4e-9a59-1f4d3c1f0c6d")
 _SEVERITY = {
-    "critical": VulnerabilitySeverity.CRITICAL,
-    "high": VulnerabilitySeverity.HIGH,
-    "medium": VulnerabilitySeverity.MEDIUM,
-    "low": VulnerabilitySeverity.LOW,
-    "info": VulnerabilitySeverity.INFO,
+    Severity.CRITICAL: VulnerabilitySeverity.CRITICAL,
+    Severity.HIGH: VulnerabilitySeverity.HIGH,
+    Severity.MEDIUM: VulnerabilitySeverity.MEDIUM,
+    Severity.LOW: VulnerabilitySeverity.LOW,
+    Severity.INFO: VulnerabilitySeverity.INFO,
 }
 
 
@@ -84,23 +88,15 @@ def _ts(text: str) -> datetime | None:
         return None
 
 
-def _os_name(os_: dict[str, Any]) -> str:
-    return str(os_.get("product_name") or os_.get("distro") or os_.get("type") or "unknown")
-
-
-def _os_version(os_: dict[str, Any]) -> str:
-    return str(
-        os_.get("version_id") or f"{os_.get('major_version', 0)}.{os_.get('minor_version', 0)}"
-    )
+def _os_name(os_: OSDoc) -> str:
+    return os_.product_name or os_.distro or os_.type or "unknown"
 
 
 def _ref(*parts: object) -> str:
     return re.sub(r"[^A-Za-z0-9._:@/+-]+", "-", "-".join(str(p) for p in parts))[:200]
 
 
-def _tool_metadata(
-    scan_json: dict[str, Any], component: Component, fleet: str, when: str
-) -> BomMetaData:
+def _tool_metadata(report: ReportDoc, component: Component, fleet: str, when: str) -> BomMetaData:
     return BomMetaData(
         tools=ToolRepository(
             components=[
@@ -108,7 +104,7 @@ def _tool_metadata(
                     type=ComponentType.APPLICATION,
                     name="vmscan",
                     bom_ref="tool-vmscan",
-                    version=str(scan_json.get("vmscan_version") or "") or None,
+                    version=report.vmscan_version or None,
                 )
             ]
         ),
@@ -119,19 +115,24 @@ def _tool_metadata(
 
 
 def image_bom(
-    scan_json: dict[str, Any], image: dict[str, Any], index: int = 0, fleet: str | None = None
+    scan_json: ReportDoc | Mapping[str, Any],
+    image: ImageDoc | Mapping[str, Any],
+    index: int = 0,
+    fleet: str | None = None,
 ) -> Bom:
     """The BOM of one image of the scan document (*fleet*: the fleet summary as JSON)."""
-    meta_component, components, vulns, graph = _image_parts(image, index)
+    report = ReportDoc.of(scan_json)
+    img = image if isinstance(image, ImageDoc) else ImageDoc.from_json(image)
+    meta_component, components, vulns, graph = _image_parts(img, index)
     if fleet is None:
-        fleet = _fleet_json(scan_json)
-    when = str(image.get("finished_at") or scan_json.get("finished_at") or "")
-    source = str(image.get("source") or f"image-{index}")
+        fleet = _fleet_json(report)
+    when = img.finished_at or report.finished_at
+    source = img.source or f"image-{index}"
     bom = Bom(
         components=components,
-        metadata=_tool_metadata(scan_json, meta_component, fleet, when),
+        metadata=_tool_metadata(report, meta_component, fleet, when),
         vulnerabilities=vulns,
-        serial_number=uuid.uuid5(_NS, f"{source}\0{scan_json.get('started_at', '')}"),
+        serial_number=uuid.uuid5(_NS, f"{source}\0{report.started_at}"),
     )
     # The image holds its OS roots; each OS holds its packages.
     bom.register_dependency(meta_component, [os_c for os_c, _ in graph])
@@ -140,27 +141,25 @@ def image_bom(
     return bom
 
 
-def run_bom(scan_json: dict[str, Any], fleet: str | None = None) -> Bom:
+def run_bom(scan_json: ReportDoc | Mapping[str, Any], fleet: str | None = None) -> Bom:
     """One BOM for the whole run: the run is the subject, each VM image a component.
 
     Each image component nests its OS components and their packages, so a consumer sees
     which VM holds what; every bom-ref carries the image's index, so they stay unique.
     """
+    report = ReportDoc.of(scan_json)
     if fleet is None:
-        fleet = _fleet_json(scan_json)
-    images = [i for i in scan_json.get("images") or [] if isinstance(i, dict)]
+        fleet = _fleet_json(report)
     run_component = Component(
-        name=f"vmscan run of {len(images)} images",
+        name=f"vmscan run of {len(report.images)} images",
         type=ComponentType.PLATFORM,
         bom_ref="run",
-        properties=[
-            Property(name="vmscan:started_at", value=str(scan_json.get("started_at") or ""))
-        ],
+        properties=[Property(name="vmscan:started_at", value=report.started_at)],
     )
     tops: list[Component] = []
     vulns: list[Vulnerability] = []
     graphs: list[tuple[Component, list[tuple[Component, list[Component]]]]] = []
-    for index, image in enumerate(images):
+    for index, image in enumerate(report.images):
         image_c, components, image_vulns, graph = _image_parts(image, index)
         image_c.components = components
         tops.append(image_c)
@@ -168,11 +167,9 @@ def run_bom(scan_json: dict[str, Any], fleet: str | None = None) -> Bom:
         graphs.append((image_c, graph))
     bom = Bom(
         components=tops,
-        metadata=_tool_metadata(
-            scan_json, run_component, fleet, str(scan_json.get("finished_at") or "")
-        ),
+        metadata=_tool_metadata(report, run_component, fleet, report.finished_at),
         vulnerabilities=vulns,
-        serial_number=uuid.uuid5(_NS, f"run\0{scan_json.get('started_at', '')}"),
+        serial_number=uuid.uuid5(_NS, f"run\0{report.started_at}"),
     )
     bom.register_dependency(run_component, tops)
     for image_c, graph in graphs:
@@ -182,98 +179,101 @@ def run_bom(scan_json: dict[str, Any], fleet: str | None = None) -> Bom:
     return bom
 
 
+def _root_component(root: RootDoc, ref: str) -> Component:
+    """An OS root's component, or a data volume's (type "data": a filesystem, not an OS)."""
+    if root.data_volume:
+        return Component(
+            name=f"data volume {root.device}",
+            type=ComponentType.DATA,
+            bom_ref=ref,
+            properties=[Property(name="vmscan:device", value=root.device)],
+        )
+    return Component(
+        name=_os_name(root.os),
+        version=root.os.version,
+        type=ComponentType.OPERATING_SYSTEM,
+        bom_ref=ref,
+        properties=[
+            Property(name="vmscan:device", value=root.device),
+            Property(name="vmscan:distro", value=root.os.distro),
+        ],
+    )
+
+
+def _package_component(pkg: PackageDoc, ref: str) -> Component:
+    props = [Property(name="vmscan:found_by", value=pkg.found_by)]
+    if pkg.license_source:
+        props.append(Property(name="vmscan:license_source", value=pkg.license_source))
+    if category := pkg.extra_str("license_category"):
+        props.append(Property(name="vmscan:license_category", value=category))
+    return Component(
+        name=pkg.name or "?",
+        version=pkg.version or None,
+        type=ComponentType.APPLICATION if pkg.is_windows_program else ComponentType.LIBRARY,
+        bom_ref=ref,
+        purl=_purl(pkg.purl),
+        publisher=pkg.extra_str("publisher") or None,
+        licenses=cdx_licenses(list(pkg.licenses)),
+        properties=props,
+    )
+
+
 def _image_parts(
-    image: dict[str, Any], index: int
+    image: ImageDoc, index: int
 ) -> tuple[
     Component, list[Component], list[Vulnerability], list[tuple[Component, list[Component]]]
 ]:
     """The image's component, its OS and package components, vulnerabilities, graph."""
-    source = str(image.get("source") or f"image-{index}")
     meta_component = Component(
-        name=source,
+        name=image.source or f"image-{index}",
         type=ComponentType.FILE,
         bom_ref=_ref("image", index),
-        properties=[Property(name="vmscan:status", value=str(image.get("status", "")))],
+        properties=[Property(name="vmscan:status", value=image.status.value)],
     )
     components: list[Component] = []
     vulns: list[Vulnerability] = []
     graph: list[tuple[Component, list[Component]]] = []
-    for r_idx, root in enumerate(image.get("roots") or []):
-        os_ = root.get("os") or {}
+    # OS roots, then the data volumes of a disk with no OS (their packages count too).
+    for r_idx, root in enumerate(image.roots()):
         os_ref = _ref("os", index, r_idx)
-        os_component = Component(
-            name=_os_name(os_),
-            version=_os_version(os_),
-            type=ComponentType.OPERATING_SYSTEM,
-            bom_ref=os_ref,
-            properties=[
-                Property(name="vmscan:device", value=str(root.get("device", ""))),
-                Property(name="vmscan:distro", value=str(os_.get("distro", ""))),
-            ],
-        )
+        os_component = _root_component(root, os_ref)
         components.append(os_component)
         root_packages: list[Component] = []
-        by_name: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for p_idx, pkg in enumerate(root.get("packages") or []):
-            ref = _ref("pkg", index, r_idx, p_idx, pkg.get("name", ""))
-            by_name.setdefault(str(pkg.get("name", "")), []).append((ref, pkg))
-            extra = pkg.get("extra") or {}
-            props = [Property(name="vmscan:found_by", value=str(pkg.get("found_by", "")))]
-            if pkg.get("license_source"):
-                props.append(
-                    Property(name="vmscan:license_source", value=str(pkg["license_source"]))
-                )
-            if extra.get("license_category"):
-                props.append(
-                    Property(name="vmscan:license_category", value=str(extra["license_category"]))
-                )
-            ctype = (
-                ComponentType.APPLICATION
-                if "windows" in str(pkg.get("found_by", ""))
-                else ComponentType.LIBRARY
-            )
-            component = Component(
-                name=str(pkg.get("name") or "?"),
-                version=str(pkg.get("version") or "") or None,
-                type=ctype,
-                bom_ref=ref,
-                purl=_purl(str(pkg.get("purl") or "")),
-                publisher=str(extra.get("publisher") or "") or None,
-                licenses=cdx_licenses(list(pkg.get("licenses") or [])),
-                properties=props,
-            )
+        by_name: dict[str, list[tuple[str, PackageDoc]]] = {}
+        for p_idx, pkg in enumerate(root.packages):
+            ref = _ref("pkg", index, r_idx, p_idx, pkg.name)
+            by_name.setdefault(pkg.name, []).append((ref, pkg))
+            component = _package_component(pkg, ref)
             components.append(component)
             root_packages.append(component)
         graph.append((os_component, root_packages))
-        for f_idx, finding in enumerate(root.get("findings") or []):
-            if finding.get("check") != "patch":
+        for f_idx, finding in enumerate(root.findings):
+            if finding.check != "patch":
                 continue
             vulns.append(_vulnerability(finding, by_name, os_ref, (index, r_idx, f_idx)))
     return meta_component, components, vulns, graph
 
 
 def _vulnerability(
-    finding: dict[str, Any],
-    by_name: dict[str, list[tuple[str, dict[str, Any]]]],
+    finding: FindingDoc,
+    by_name: dict[str, list[tuple[str, PackageDoc]]],
     os_ref: str,
     where: tuple[int, int, int],
 ) -> Vulnerability:
-    d = finding.get("details") or {}
-    name = str(d.get("package") or "")
-    installed = str(d.get("installed_version") or "")
-    fixed = str(d.get("fixed_version") or "")
+    d = finding.patch
+    name, installed, fixed = d.package, d.installed_version, d.fixed_version
     candidates = by_name.get(name, [])
-    ref = next((r for r, p in candidates if str(p.get("version")) == installed), None)
+    ref = next((r for r, p in candidates if p.version == installed), None)
     if ref is None and candidates:
         ref = candidates[0][0]
     versions = [BomTargetVersionRange(version=installed)] if installed else None
-    aliases = [str(a) for a in d.get("aliases") or [] if a]
-    vid = str(finding.get("rule_id") or "unknown")
-    rating = _SEVERITY.get(str(finding.get("severity", "")).lower())
+    aliases = d.aliases
+    vid = finding.rule_id or "unknown"
+    rating = _SEVERITY.get(finding.severity)
     return Vulnerability(
         bom_ref=_ref("vuln", *where, vid),
         id=vid,
-        description=str(finding.get("title") or "") or None,
+        description=finding.title or None,
         recommendation=f"upgrade {name} to {fixed}" if fixed else None,
         ratings=[VulnerabilityRating(severity=rating)] if rating else None,
         references=[
@@ -306,37 +306,33 @@ def _short(err: Any) -> str:
     return f"{where}: {getattr(data, 'message', data)}"
 
 
-def _fleet_json(scan_json: dict[str, Any]) -> str:
+def _fleet_json(report: ReportDoc) -> str:
     from vmscan.license.fleet import fleet_of
 
-    return json.dumps(fleet_of(scan_json), sort_keys=True, ensure_ascii=False)
+    return json.dumps(fleet_of(report), sort_keys=True, ensure_ascii=False)
 
 
-def boms(scan_json: dict[str, Any]) -> list[tuple[str, str]]:
+def boms(scan_json: ReportDoc | Mapping[str, Any]) -> list[tuple[str, str]]:
     """(image source, BOM JSON) for every image; each carries the run's licence fleet."""
-    fleet = _fleet_json(scan_json)
-    out: list[tuple[str, str]] = []
-    for i, image in enumerate(scan_json.get("images") or []):
-        out.append(
-            (
-                str(image.get("source") or f"image-{i}"),
-                bom_json(image_bom(scan_json, image, i, fleet)),
-            )
-        )
-    return out
+    report = ReportDoc.of(scan_json)
+    fleet = _fleet_json(report)
+    return [
+        (image.source or f"image-{i}", bom_json(image_bom(report, image, i, fleet)))
+        for i, image in enumerate(report.images)
+    ]
 
 
-def write_cyclonedx(scan_json: dict[str, Any], out: IO[str]) -> None:
+def write_cyclonedx(scan_json: ReportDoc | Mapping[str, Any], out: IO[str]) -> None:
     """One image: its BOM. Several: one BOM of the run with each VM as a component."""
-    images = scan_json.get("images") or []
-    if len(images) == 1:
-        out.write(boms(scan_json)[0][1])
+    report = ReportDoc.of(scan_json)
+    if len(report.images) == 1:
+        out.write(boms(report)[0][1])
     else:
-        out.write(bom_json(run_bom(scan_json)))
+        out.write(bom_json(run_bom(report)))
     out.write("\n")
 
 
-def write_cyclonedx_dir(scan_json: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_cyclonedx_dir(scan_json: ReportDoc | Mapping[str, Any], out_dir: Path) -> list[Path]:
     """One ``<n>-<image name>.cdx.json`` per image in *out_dir*; the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []

@@ -14,13 +14,16 @@ terminal and JSON when it is not (a pipe or a file), as Trivy and Grype do.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from vmscan.document import ReportDoc
 from vmscan.report.json_out import atomic_writer, write_json
 
-StreamWriter = Callable[[dict[str, Any], IO[str]], None]
+#: A report, as the model or its JSON form (every writer reads it through the model).
+ReportInput = ReportDoc | Mapping[str, Any]
+StreamWriter = Callable[[ReportInput, IO[str]], None]
 
 
 class ReportFormat(enum.StrEnum):
@@ -45,7 +48,7 @@ class ReportFormat(enum.StrEnum):
         """True when ``-o`` must name a folder."""
         return self is ReportFormat.CSV
 
-    def write(self, scan_json: dict[str, Any], output: str | None, out: IO[str]) -> list[Path]:
+    def write(self, scan_json: ReportInput, output: str | None, out: IO[str]) -> list[Path]:
         """Write the report to *output* (a file, or a folder), or to *out* when None.
 
         CycloneDX given an existing folder writes one BOM per image into it. Files are
@@ -121,7 +124,7 @@ def _stream_writers() -> dict[ReportFormat, StreamWriter]:
     }
 
 
-def _folder_writers() -> dict[ReportFormat, Callable[[dict[str, Any], Path], list[Path]]]:
+def _folder_writers() -> dict[ReportFormat, Callable[[ReportInput, Path], list[Path]]]:
     from vmscan.report.csv_out import write_csv
     from vmscan.report.cyclonedx import write_cyclonedx_dir
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import jinja2
 
 from vmscan.completeness import bound, incomplete_plugins
-from vmscan.diff import iter_roots
-from vmscan.model import SEVERITY_ORDER
+from vmscan.document import DiskDoc, FindingDoc, ImageDoc, ReportDoc, RootDoc, TrendPoint
+from vmscan.license.fleet import FleetSummary
+from vmscan.model import Severity
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_FINDINGS_PER_VM = 2000
@@ -70,11 +72,11 @@ def bar_chart(
 
 
 def trend_chart(
-    trend: list[dict[str, Any]], *, width: int = 560, height: int = 180
+    trend: Sequence[TrendPoint], *, width: int = 560, height: int = 180
 ) -> dict[str, Any]:
     """Stacked columns of findings by severity per run, plus images scanned per run."""
-    sevs = [s for s in sorted(SEVERITY_ORDER, key=SEVERITY_ORDER.__getitem__, reverse=True)]
-    totals = [sum((t.get("findings_by_severity") or {}).values()) for t in trend]
+    sevs = [s.value for s in Severity.descending()]
+    totals = [t.total for t in trend]
     top = max(totals, default=0) or 1
     plot_h, base_y, left = height - 40, height - 25, 40
     n = max(len(trend), 1)
@@ -85,9 +87,8 @@ def trend_chart(
         x = left + i * slot + (slot - col_w) / 2
         y: float = base_y
         segs = []
-        counts = t.get("findings_by_severity") or {}
         for sev in sevs:
-            v = int(counts.get(sev, 0))
+            v = t.findings_by_severity.get(sev, 0)
             if not v:
                 continue
             h = plot_h * v / top
@@ -105,9 +106,9 @@ def trend_chart(
                 "x": round(x, 1),
                 "w": round(col_w, 1),
                 "segs": segs,
-                "label": f"#{t.get('run')}",
+                "label": f"#{t.run}",
                 "total": totals[i],
-                "images": t.get("images", 0),
+                "images": t.images,
                 "lx": round(x + col_w / 2, 1),
                 "top_y": round(y, 1),
             }
@@ -123,170 +124,170 @@ def trend_chart(
     }
 
 
-def _os_label(root: dict[str, Any]) -> str:
-    os_ = root.get("os") or {}
-    distro = str(os_.get("distro") or os_.get("type") or "unknown")
-    major = os_.get("major_version")
+def _os_label(root: RootDoc) -> str:
+    os_ = root.os
+    distro = os_.distro or os_.type or "unknown"
     if distro in ("unknown", "none", ""):
-        return "no OS" if os_.get("type") == "none" else "unknown"
-    return f"{distro} {major}" if major else distro
+        return "no OS" if os_.type == "none" else "unknown"
+    return f"{distro} {os_.major_version}" if os_.major_version else distro
 
 
-def _licence_charts(fleet: Any) -> list[tuple[str, str, dict[str, Any]]]:
-    """Charts from ``sections.license_fleet`` (OS editions, watched products, or counts)."""
-    if not isinstance(fleet, dict):
+def _licence_charts(fleet: FleetSummary | None) -> list[tuple[str, str, dict[str, Any]]]:
+    """Charts from ``sections.license_fleet`` (OS editions, watched products)."""
+    if fleet is None:
         return []
     charts: list[tuple[str, str, dict[str, Any]]] = []
 
-    def pairs(rows: Any, *label_keys: str) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        for row in rows if isinstance(rows, list) else []:
-            if not isinstance(row, dict) or not isinstance(row.get("count"), int):
-                continue
-            label = " ".join(str(row.get(k) or "") for k in label_keys).strip() or "unknown"
-            out.append((label, int(row["count"])))
-        return sorted(out, key=lambda kv: (-kv[1], kv[0]))[:15]
+    def top(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        return sorted(pairs, key=lambda kv: (-kv[1], kv[0]))[:15]
 
-    editions = pairs(fleet.get("os_editions"), "os", "edition_id")
+    editions = top(
+        [(f"{e.os} {e.edition_id}".strip() or "unknown", e.count) for e in fleet.os_editions]
+    )
     if editions:
         charts.append(("Licences: OS editions", "chart-licence", bar_chart(editions)))
-    watched = pairs(fleet.get("watched"), "product", "edition")
+    watched = top(
+        [(f"{w.product} {w.edition}".strip() or "unknown", w.count) for w in fleet.watched]
+    )
     if watched:
         charts.append(("Licences: watched products", "chart-licence-watched", bar_chart(watched)))
-    counts = fleet.get("licenses")
-    if isinstance(counts, dict) and all(isinstance(v, int) for v in counts.values()) and counts:
-        items = sorted(((str(k), int(v)) for k, v in counts.items()), key=lambda kv: -kv[1])
-        charts.append(("Licences across the fleet", "chart-licence-counts", bar_chart(items[:15])))
     return charts
 
 
-def _disk_point(disk: dict[str, Any]) -> dict[str, Any]:
+def _disk_point(disk: DiskDoc) -> dict[str, Any]:
     """Chain, internal snapshots and point in time of one disk (all escaped by the template)."""
-    point = disk.get("point")
     return {
-        "path": str(disk.get("path", "")),
-        "point": point if isinstance(point, dict) and point else None,
-        "layers": [la for la in disk.get("layers") or [] if isinstance(la, dict)],
-        "snapshots": [s for s in disk.get("snapshots") or [] if isinstance(s, dict)],
+        "path": disk.path,
+        "point": disk.point or None,
+        "layers": list(disk.layers),
+        "snapshots": list(disk.snapshots),
     }
 
 
-def build_context(doc: dict[str, Any]) -> dict[str, Any]:
+def _finding_row(root: RootDoc, f: FindingDoc) -> dict[str, Any]:
+    return {
+        "check": f.check,
+        "rule_id": f.rule_id,
+        "severity": f.severity.value,
+        "title": f.title,
+        "target": f.target,
+        "root": root.device,
+        "sev_order": f.rank,
+    }
+
+
+def _antivirus_view(image: ImageDoc) -> dict[str, Any] | None:
+    av = image.antivirus
+    if av is None:
+        return None
+    return {
+        "status": av.status,
+        "not_scanned": dict(av.not_scanned),
+        "reasons": list(av.incomplete_reasons[:10]),
+    }
+
+
+def _av_as_of(image: ImageDoc) -> dict[str, Any] | None:
+    """Under which database the image's files stand clean, and when hashes were re-matched."""
+    as_of = image.state.antivirus_as_of
+    hash_at = max((r.antivirus.hash_rechecked_at for r in image.roots() if r.antivirus), default="")
+    if as_of is None and not hash_at:
+        return None
+    return {
+        "engine": as_of.engine if as_of else "",
+        "date": as_of.date if as_of else "",
+        "kinds": list(as_of.kinds_rechecked) if as_of else [],
+        "hash_at": hash_at,
+    }
+
+
+def _vm(
+    idx: int, img: ImageDoc, changes: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], list[RootDoc]]:
+    """The template's view of one image, and its roots."""
+    findings: list[dict[str, Any]] = []
+    roots: list[dict[str, Any]] = []
+    for root in img.roots():
+        verdict = root.migration.verdict if root.migration else ""
+        roots.append(
+            {
+                "device": root.device,
+                "os": root.os,
+                "label": _os_label(root),
+                "packages": len(root.packages),
+                "migration": verdict or None,
+            }
+        )
+        findings.extend(_finding_row(root, f) for f in root.findings)
+    findings.sort(key=lambda f: (-f["sev_order"], f["rule_id"]))
+    incomplete = [
+        {"root": i.root, "plugin": i.plugin, "status": i.status, "reason": bound(i.reason, 300)}
+        for i in incomplete_plugins(img)
+    ]
+    state = img.state
+    vm = {
+        "id": f"vm-{idx}",
+        "incomplete": incomplete[:MAX_BANNER_LINES],
+        "incomplete_more": max(0, len(incomplete) - MAX_BANNER_LINES),
+        "source": img.source,
+        "status": img.status.value,
+        "errors": list(img.errors),
+        "roots": roots,
+        "packages": sum(len(r.packages) for r in img.roots()),
+        "findings": findings[:MAX_FINDINGS_PER_VM],
+        "findings_total": len(findings),
+        "worst": findings[0]["severity"] if findings else "",
+        "checks": sorted({f["check"] for f in findings}),
+        "carried_forward": state.carried_forward,
+        "scanned_at": state.scanned_at or img.finished_at,
+        "rescanned_checks": list(state.rescanned_checks),
+        "changes": changes,
+        "antivirus": _antivirus_view(img),
+        "av_as_of": _av_as_of(img),
+        "disks": [d.path for d in img.disks],
+        "disk_points": [_disk_point(d) for d in img.disks],
+    }
+    return vm, list(img.roots())
+
+
+def build_context(scan_json: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template shows, computed from the run document."""
-    images = list(doc.get("images") or [])
-    sections = doc.get("sections") or {}
-    status = Counter(str(i.get("status", "unknown")) for i in images)
+    doc = ReportDoc.of(scan_json)
+    status = Counter(i.status.value for i in doc.images)
     sev: Counter[str] = Counter()
     by_check: Counter[str] = Counter()
     os_dist: Counter[str] = Counter()
     migration: Counter[str] = Counter()
-    changes = sections.get("changes") or {}
-    changes_by_source = {c.get("source"): c for c in changes.get("images") or []}
+    # Sections the nightly job adds (the diff of two runs, the trend): documents of their own.
+    changes = doc.section("changes")
+    changed_images = changes.get("images")
+    changes_by_source = {
+        c.get("source"): c
+        for c in (changed_images if isinstance(changed_images, list) else [])
+        if isinstance(c, Mapping)
+    }
     vms = []
-    for idx, img in enumerate(images):
-        findings = []
-        roots = []
-        packages = 0
-        for root in iter_roots(img):
-            os_ = root.get("os") or {}
-            if root in (img.get("roots") or []):
+    for idx, img in enumerate(doc.images):
+        vm, roots = _vm(idx, img, changes_by_source.get(img.source))
+        for root in roots:
+            if not root.data_volume:
                 os_dist[_os_label(root)] += 1
-            verdict = ((root.get("sections") or {}).get("migration") or {}).get("verdict")
-            if verdict:
-                migration[str(verdict)] += 1
-            packages += len(root.get("packages") or [])
-            roots.append(
-                {
-                    "device": root.get("device", ""),
-                    "os": os_,
-                    "label": _os_label(root),
-                    "packages": len(root.get("packages") or []),
-                    "migration": verdict,
-                }
-            )
-            for f in root.get("findings") or []:
-                s = str(f.get("severity") or "unknown")
-                sev[s] += 1
-                by_check[str(f.get("check", ""))] += 1
-                findings.append(
-                    {
-                        **f,
-                        "severity": s,
-                        "root": root.get("device", ""),
-                        "sev_order": SEVERITY_ORDER.get(s, 0),
-                    }
-                )
-        findings.sort(key=lambda f: (-f["sev_order"], str(f.get("rule_id", ""))))
-        worst = findings[0]["severity"] if findings else ""
-        state = (img.get("sections") or {}).get("state") or {}
-        av = (img.get("sections") or {}).get("antivirus")
-        av_view = None
-        if isinstance(av, dict):
-            not_scanned = av.get("not_scanned") if isinstance(av.get("not_scanned"), dict) else {}
-            counts = not_scanned.get("counts") if isinstance(not_scanned, dict) else None
-            av_view = {
-                "status": str(av.get("status", "")),
-                "not_scanned": dict(counts) if isinstance(counts, dict) else {},
-                "reasons": [str(r) for r in av.get("incomplete_reasons") or []][:10],
-            }
-        as_of = state.get("antivirus_as_of")
-        as_of = as_of if isinstance(as_of, dict) else {}
-        hashed = [
-            ((r.get("sections") or {}).get("antivirus") or {}).get("hash_rechecked")
-            for r in iter_roots(img)
-        ]
-        hash_at = max((str(h.get("at", "")) for h in hashed if isinstance(h, dict)), default="")
-        av_as_of = None
-        if as_of or hash_at:
-            av_as_of = {
-                "engine": str(as_of.get("engine") or ""),
-                "date": str(as_of.get("date") or ""),
-                "kinds": [str(k) for k in as_of.get("kinds_rechecked") or []],
-                "hash_at": hash_at,
-            }
-        incomplete = [
-            {"root": i.root, "plugin": i.plugin, "status": i.status, "reason": bound(i.reason, 300)}
-            for i in incomplete_plugins(img)
-        ]
-        vms.append(
-            {
-                "id": f"vm-{idx}",
-                "incomplete": incomplete[:MAX_BANNER_LINES],
-                "incomplete_more": max(0, len(incomplete) - MAX_BANNER_LINES),
-                "source": str(img.get("source", "")),
-                "status": str(img.get("status", "unknown")),
-                "errors": [str(e) for e in img.get("errors") or []],
-                "roots": roots,
-                "packages": packages,
-                "findings": findings[:MAX_FINDINGS_PER_VM],
-                "findings_total": len(findings),
-                "worst": worst,
-                "checks": sorted({str(f.get("check", "")) for f in findings}),
-                "carried_forward": bool(state.get("carried_forward")),
-                "scanned_at": state.get("scanned_at") or img.get("finished_at") or "",
-                "rescanned_checks": state.get("rescanned_checks") or [],
-                "changes": changes_by_source.get(img.get("source")),
-                "antivirus": av_view,
-                "av_as_of": av_as_of,
-                "disks": [
-                    str(d.get("path", "")) for d in img.get("disks") or [] if isinstance(d, dict)
-                ],
-                "disk_points": [
-                    _disk_point(d) for d in img.get("disks") or [] if isinstance(d, dict)
-                ],
-            }
-        )
-    sev_items = [
-        (s, sev.get(s, 0)) for s in sorted(SEVERITY_ORDER, key=lambda k: -SEVERITY_ORDER[k])
-    ]
-    run = sections.get("run") or {}
+            if root.migration and root.migration.verdict:
+                migration[root.migration.verdict] += 1
+            for f in root.findings:
+                sev[f.severity.value] += 1
+                by_check[f.check] += 1
+        vms.append(vm)
+    severities = [s.value for s in Severity.descending()]
+    sev_items = [(s, sev.get(s, 0)) for s in severities]
+    fleet = doc.sections.get("license_fleet")
     return {
         "doc": doc,
-        "run": run,
+        "run": doc.section("run"),
         "vms": vms,
         # One red banner per image not fully scanned, above everything else.
         "banners": [vm for vm in vms if vm["incomplete"] or vm["status"] == "error"],
-        "n_images": len(images),
+        "n_images": len(doc.images),
         "n_findings": sum(sev.values()),
         "n_incomplete": sum(1 for vm in vms if vm["incomplete"]),
         "status_chart": bar_chart(sorted(status.items()), STATUS_COLORS),
@@ -294,22 +295,24 @@ def build_context(doc: dict[str, Any]) -> dict[str, Any]:
         "check_chart": bar_chart(sorted(by_check.items())),
         "os_chart": bar_chart(os_dist.most_common(12)),
         "migration_chart": bar_chart(sorted(migration.items())) if migration else None,
-        "licence_charts": _licence_charts(sections.get("license_fleet")),
-        "trend": trend_chart(list(sections.get("trend") or [])),
+        "licence_charts": _licence_charts(
+            FleetSummary.from_json(fleet) if isinstance(fleet, Mapping) else None
+        ),
+        "trend": trend_chart(doc.trend),
         "changes": changes,
-        "severities": sorted(SEVERITY_ORDER, key=lambda k: -SEVERITY_ORDER[k]),
+        "severities": severities,
         "severity_colors": SEVERITY_COLORS,
         "status_colors": STATUS_COLORS,
-        "nightly": sections.get("nightly") or {},
+        "nightly": doc.section("nightly"),
         "all_checks": sorted(by_check),
     }
 
 
-def render_html(doc: dict[str, Any]) -> str:
+def render_html(doc: ReportDoc | Mapping[str, Any]) -> str:
     """The report as one HTML string."""
     return _env().get_template("report.html.j2").render(**build_context(doc))
 
 
-def write_html(doc: dict[str, Any], fp: IO[str]) -> None:
+def write_html(doc: ReportDoc | Mapping[str, Any], fp: IO[str]) -> None:
     """Write the self-contained HTML report."""
     fp.write(render_html(doc))

@@ -7,10 +7,11 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from vmscan.document import ReportDoc
 from vmscan.errors import VmscanError
 
 
@@ -57,7 +58,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         fp.write(text)
 
 
-def write_json(doc: dict[str, Any], fp: IO[str]) -> None:
+def write_json(doc: ReportDoc | Mapping[str, Any], fp: IO[str]) -> None:
     """Canonical JSON: sorted keys, two-space indent, UTF-8 kept readable."""
-    json.dump(doc, fp, indent=2, sort_keys=True, ensure_ascii=False)
+    data = doc.to_json() if isinstance(doc, ReportDoc) else doc
+    json.dump(data, fp, indent=2, sort_keys=True, ensure_ascii=False)
     fp.write("\n")

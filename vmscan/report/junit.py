@@ -1,23 +1,24 @@
 """JUnit XML of the migration audit: one test suite per VM, one test case per rule and root.
 
 CI systems (Jenkins, GitLab, GitHub test reporters) show each migration rule as a
-passing, failing, skipped or errored test. The writer only sees the JSON-able report.
+passing, failing, skipped or errored test. The writer only sees the report
+(:class:`~vmscan.document.ReportDoc`).
 """
 
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import IO, Any
 
 from vmscan.checks.migration import ALL_RULES, RULES_BY_ID
 from vmscan.completeness import incomplete_plugins
-from vmscan.diff import iter_roots
-from vmscan.model import SEVERITY_ORDER
+from vmscan.document import FindingDoc, ImageDoc, ReportDoc, RootDoc
+from vmscan.model import ImageStatus, Severity
 
 #: Findings below this severity do not fail their test case (shown in system-out).
-FAIL_FROM = "low"
+FAIL_FROM = Severity.LOW
 
 # XML 1.0 forbids most control characters; guest text may contain anything.
 _BAD_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -32,20 +33,19 @@ def _classname(*parts: str) -> str:
     return ".".join(re.sub(r"[.\s]+", "_", p.strip("/")) or "_" for p in parts)
 
 
-def _finding_text(f: dict[str, Any]) -> str:
-    d = f.get("details") or {}
-    lines = [f"[{f.get('severity', '')}] {f.get('title', '')}"]
-    if f.get("target"):
-        lines.append(f"  target: {f['target']}")
-    if d.get("file"):
-        where = str(d["file"]) + (f":{d['line']}" if d.get("line") else "")
-        lines.append(f"  file: {where}")
-    if d.get("text"):
-        lines.append(f"  text: {d['text']}")
-    if d.get("sample"):
-        lines.append("  sample: " + ", ".join(str(s) for s in d["sample"]))
-    if d.get("remediation"):
-        lines.append(f"  remediation: {d['remediation']}")
+def _finding_text(f: FindingDoc) -> str:
+    ev = f.evidence
+    lines = [f"[{f.severity.value}] {f.title}"]
+    if f.target:
+        lines.append(f"  target: {f.target}")
+    if ev.file:
+        lines.append(f"  file: {ev.file}" + (f":{ev.line}" if ev.line else ""))
+    if ev.text:
+        lines.append(f"  text: {ev.text}")
+    if ev.sample:
+        lines.append("  sample: " + ", ".join(ev.sample))
+    if ev.remediation:
+        lines.append(f"  remediation: {ev.remediation}")
     return "\n".join(lines)
 
 
@@ -73,82 +73,63 @@ def _case(suite: ET.Element, counts: _Counts, classname: str, name: str) -> ET.E
     )
 
 
-def _root_cases(suite: ET.Element, counts: _Counts, source: str, root: dict[str, Any]) -> None:
-    device = str(root.get("device", ""))
-    os_info = root.get("os") or {}
-    label = os_info.get("product_name") or os_info.get("distro") or "unknown OS"
+def _root_cases(suite: ET.Element, counts: _Counts, source: str, root: RootDoc) -> None:
+    device = root.device
+    label = root.os.product_name or root.os.distro or "unknown OS"
     cls = _classname("migration", source.rsplit("/", 1)[-1], device)
-    section = (root.get("sections") or {}).get("migration")
-    if not isinstance(section, dict):
-        status = next(
-            (
-                p
-                for p in root.get("plugins") or []
-                if isinstance(p, dict) and p.get("name") == "migration"
-            ),
-            None,
-        )
+    section = root.migration
+    if section is None:
+        status = root.plugin("migration")
         case = _case(suite, counts, cls, f"migration audit of {device} ({label})")
         msg = "migration check did not run"
         if status:
-            msg += f" ({status.get('status')}: {status.get('reason', '')})"
+            msg += f" ({status.status}: {status.reason})"
         ET.SubElement(case, "error", message=_clean(msg), type="not-run")
         counts.errors += 1
         return
-    evaluated = set(section.get("rules_evaluated") or [])
-    rules_failed = section.get("rules_failed") or {}
-    by_rule: dict[str, list[dict[str, Any]]] = {}
-    for f in root.get("findings") or []:
-        if isinstance(f, dict) and f.get("check") == "migration":
-            by_rule.setdefault(str(f.get("rule_id")), []).append(f)
+    by_rule: dict[str, list[FindingDoc]] = {}
+    for f in root.findings:
+        if f.check == "migration":
+            by_rule.setdefault(f.rule_id, []).append(f)
     rule_ids = [r.id for r in ALL_RULES] + sorted(set(by_rule) - set(RULES_BY_ID))
+    fail_from = FAIL_FROM.rank
     for rid in rule_ids:
         rule = RULES_BY_ID.get(rid)
         title = rule.title if rule else rid
         case = _case(suite, counts, cls, f"{rid}: {title}")
         found = by_rule.get(rid, [])
-        failing = [
-            f
-            for f in found
-            if SEVERITY_ORDER.get(str(f.get("severity")), 0) >= SEVERITY_ORDER[FAIL_FROM]
-        ]
+        failing = [f for f in found if f.rank >= fail_from]
         if failing:
-            top = max(failing, key=lambda f: SEVERITY_ORDER.get(str(f.get("severity")), 0))
-            msg = str(top.get("title", title))
+            top = max(failing, key=lambda f: f.rank)
+            msg = top.title
             if len(failing) > 1:
                 msg += f" (+{len(failing) - 1} more)"
             fail = ET.SubElement(
-                case, "failure", message=_clean(msg), type=_clean(top.get("severity", ""))
+                case, "failure", message=_clean(msg), type=_clean(top.severity.value)
             )
             fail.text = _clean("\n\n".join(_finding_text(f) for f in failing))
             counts.failures += 1
-        elif rid in rules_failed:
-            err = ET.SubElement(case, "error", message=_clean(rules_failed[rid]), type="not-run")
-            err.text = _clean(f"the check could not evaluate this rule: {rules_failed[rid]}")
+        elif rid in section.rules_failed:
+            why = section.rules_failed[rid]
+            err = ET.SubElement(case, "error", message=_clean(why), type="not-run")
+            err.text = _clean(f"the check could not evaluate this rule: {why}")
             counts.errors += 1
         elif found:
             out = ET.SubElement(case, "system-out")
             out.text = _clean("\n\n".join(_finding_text(f) for f in found))
-        elif rid not in evaluated:
-            kind = (section.get("facts") or {}).get("os_kind", "this")
+        elif rid not in section.rules_evaluated:
+            kind = section.os_kind
             ET.SubElement(case, "skipped", message=_clean(f"not applicable to a {kind} root"))
             counts.skipped += 1
 
 
-def _completeness_cases(
-    suite: ET.Element, counts: _Counts, source: str, image: dict[str, Any]
-) -> None:
+def _completeness_cases(suite: ET.Element, counts: _Counts, source: str, image: ImageDoc) -> None:
     """An errored test case per check or cataloger that did not complete on a root: the
     audit above it may rest on an incomplete inventory, and a pipeline must not pass."""
-    roots = {str(r.get("device", "")): r for r in iter_roots(image)}
+    roots = {r.device: r for r in image.roots()}
     for inc in incomplete_plugins(image):
         root = roots.get(inc.root)
-        migration_section = (root.get("sections") or {}).get("migration") if root else None
-        if (
-            inc.plugin == "migration"
-            and root is not None
-            and not isinstance(migration_section, dict)
-        ):
+        if inc.plugin == "migration" and root is not None and root.migration is None:
             continue  # already the errored "migration audit of ..." case of that root
         cls = _classname("migration", source.rsplit("/", 1)[-1], inc.root)
         case = _case(suite, counts, cls, f"{inc.plugin} completed")
@@ -162,35 +143,34 @@ def _completeness_cases(
         counts.errors += 1
 
 
-def _suite(image: dict[str, Any]) -> tuple[ET.Element, _Counts]:
-    source = str(image.get("source", ""))
+def _suite(image: ImageDoc) -> tuple[ET.Element, _Counts]:
+    source = image.source
     counts = _Counts()
     suite = ET.Element("testsuite", name=_clean(source))
     props = ET.SubElement(suite, "properties")
-    ET.SubElement(props, "property", name="status", value=_clean(image.get("status", "")))
-    for root in image.get("roots") or []:
-        sec = (root.get("sections") or {}).get("migration")
-        if isinstance(sec, dict):
+    ET.SubElement(props, "property", name="status", value=_clean(image.status.value))
+    for root in image.os_roots:
+        if root.migration is not None:
             ET.SubElement(
                 props,
                 "property",
-                name=_clean(f"verdict {root.get('device', '')}"),
-                value=_clean(sec.get("verdict", "")),
+                name=_clean(f"verdict {root.device}"),
+                value=_clean(root.migration.verdict),
             )
     cls = _classname("migration", source.rsplit("/", 1)[-1])
-    if image.get("status") == "error":
+    if image.status is ImageStatus.ERROR:
         case = _case(suite, counts, cls, "scan")
-        errors = image.get("errors") or ["image could not be scanned"]
+        errors = list(image.errors) or ["image could not be scanned"]
         err = ET.SubElement(case, "error", message=_clean(errors[0]), type="image-error")
-        err.text = _clean("\n".join(str(e) for e in errors))
+        err.text = _clean("\n".join(errors))
         counts.errors += 1
-    elif not iter_roots(image):
+    elif not image.roots():
         case = _case(suite, counts, cls, "migration audit")
         ET.SubElement(case, "skipped", message="no operating system found in the image")
         counts.skipped += 1
     else:
         # OS roots and the data volumes of a disk with no OS (their rules count as much).
-        for root in iter_roots(image):
+        for root in image.roots():
             _root_cases(suite, counts, source, root)
     _completeness_cases(suite, counts, source, image)
     counts.set_on(suite)
@@ -198,12 +178,11 @@ def _suite(image: dict[str, Any]) -> tuple[ET.Element, _Counts]:
     return suite, counts
 
 
-def build_junit(scan_json: dict[str, Any]) -> ET.Element:
+def build_junit(scan_json: ReportDoc | Mapping[str, Any]) -> ET.Element:
     """The ``<testsuites>`` element for a whole report."""
     top = ET.Element("testsuites", name="vmscan migration")
     total = _Counts()
-    images: Iterable[dict[str, Any]] = scan_json.get("images") or []
-    for image in images:
+    for image in ReportDoc.of(scan_json).images:
         suite, counts = _suite(image)
         top.append(suite)
         total.add(counts)
@@ -211,7 +190,7 @@ def build_junit(scan_json: dict[str, Any]) -> ET.Element:
     return top
 
 
-def write_junit(scan_json: dict[str, Any], out: IO[str]) -> None:
+def write_junit(scan_json: ReportDoc | Mapping[str, Any], out: IO[str]) -> None:
     """Write the JUnit XML of *scan_json* (the JSON-able report) to *out*."""
     top = build_junit(scan_json)
     ET.indent(top)

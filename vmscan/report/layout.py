@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vmscan.document import ReportDoc
 from vmscan.faults import stop_point
 from vmscan.report.json_out import ReportWriteError, atomic_writer
 
@@ -48,6 +49,7 @@ def write_run_reports(
     False: the caller repoints it once the run is recorded complete). Returns the files."""
     from vmscan.report import WRITERS
 
+    report = ReportDoc.from_json(doc)  # read once for every writer but JSON's
     written: list[Path] = []
     for fmt in formats:
         writer = WRITERS.get(fmt)
@@ -55,7 +57,8 @@ def write_run_reports(
             raise ReportWriteError(f"no report writer for format {fmt!r}")
         path = report_path(reports_dir, run_id, fmt)
         with atomic_writer(path) as fp:
-            writer(doc, fp)
+            # The JSON report is the stored document as it is, byte for byte.
+            writer(doc if fmt == "json" else report, fp)
         written.append(path)
         stop_point("reports")  # tests: SIGKILL between two report files
     if latest:

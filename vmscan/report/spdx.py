@@ -2,7 +2,8 @@
 
 Every image is a package (purpose "OPERATING_SYSTEM" roots inside it, "LIBRARY" or
 "APPLICATION" packages inside those) linked by ``CONTAINS`` relationships; the document
-``DESCRIBES`` each image. A package's licences go to ``licenseDeclared`` (they are what the
+``DESCRIBES`` each image. A data volume of a disk with no OS is a package of purpose
+"OTHER" in its image. A package's licences go to ``licenseDeclared`` (they are what the
 package states; ``licenseConcluded`` stays NOASSERTION: vmscan does not audit sources).
 Every ``LicenseRef-`` used is declared in ``hasExtractedLicensingInfos``.
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from license_expression import ExpressionError
 
+from vmscan.document import PackageDoc, ReportDoc, RootDoc
 from vmscan.license.spdx_map import licensing
 
 NOASSERTION = "NOASSERTION"
@@ -56,19 +59,77 @@ def declared(licenses: list[str], refs: set[str]) -> str:
     return str(parsed.render())
 
 
-def _purpose(pkg: dict[str, Any]) -> str:
-    return "APPLICATION" if "windows" in str(pkg.get("found_by", "")) else "LIBRARY"
+def _purpose(pkg: PackageDoc) -> str:
+    return "APPLICATION" if pkg.is_windows_program else "LIBRARY"
 
 
-def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
+def _package(pid: str, pkg: PackageDoc, refs: set[str]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "SPDXID": pid,
+        "name": pkg.name or "?",
+        "downloadLocation": NOASSERTION,
+        "filesAnalyzed": False,
+        "licenseConcluded": NOASSERTION,
+        "licenseDeclared": declared(list(pkg.licenses), refs),
+        "copyrightText": NOASSERTION,
+        "primaryPackagePurpose": _purpose(pkg),
+    }
+    if pkg.version:
+        entry["versionInfo"] = pkg.version
+    if publisher := pkg.extra_str("publisher"):
+        entry["supplier"] = "Organization: " + publisher[:200]
+    if pkg.license_source:
+        entry["sourceInfo"] = f"licence read from {pkg.license_source}"
+    if pkg.purl:
+        entry["externalRefs"] = [
+            {
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": pkg.purl,
+            }
+        ]
+    return entry
+
+
+def _root_package(root_id: str, root: RootDoc) -> dict[str, Any]:
+    """An OS root's package, or a data volume's (purpose OTHER: a filesystem, not an OS)."""
+    if root.data_volume:
+        name, version, purpose = f"data volume {root.device}", None, "OTHER"
+    else:
+        os_ = root.os
+        name, version = os_.product_name or os_.distro or "unknown", os_.version
+        purpose = "OPERATING_SYSTEM"
+    entry: dict[str, Any] = {"SPDXID": root_id, "name": name}
+    if version is not None:
+        entry["versionInfo"] = version
+    entry.update(
+        {
+            "downloadLocation": NOASSERTION,
+            "filesAnalyzed": False,
+            "licenseConcluded": NOASSERTION,
+            "licenseDeclared": NOASSERTION,
+            "copyrightText": NOASSERTION,
+            "primaryPackagePurpose": purpose,
+            "comment": f"{'data volume' if root.data_volume else 'root'} {root.device}",
+        }
+    )
+    return entry
+
+
+def _contains(parent: str, child: str) -> dict[str, str]:
+    return {"spdxElementId": parent, "relationshipType": "CONTAINS", "relatedSpdxElement": child}
+
+
+def spdx_document(scan_json: ReportDoc | Mapping[str, Any]) -> dict[str, Any]:
     """The SPDX 2.3 document (a JSON-ready dict) of a scan."""
-    started = str(scan_json.get("started_at") or "")
+    report = ReportDoc.of(scan_json)
+    started = report.started_at
     packages: list[dict[str, Any]] = []
     rels: list[dict[str, str]] = []
     refs: set[str] = set()
     describes: list[str] = []
-    for i, image in enumerate(scan_json.get("images") or []):
-        source = str(image.get("source") or f"image-{i}")
+    for i, image in enumerate(report.images):
+        source = image.source or f"image-{i}"
         img_id = _spdx_id("image", i)
         describes.append(img_id)
         packages.append(
@@ -81,7 +142,7 @@ def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
                 "licenseDeclared": NOASSERTION,
                 "copyrightText": NOASSERTION,
                 "primaryPackagePurpose": "FILE",
-                "comment": f"disk image scanned by vmscan, status {image.get('status', '')}",
+                "comment": f"disk image scanned by vmscan, status {image.status.value}",
             }
         )
         rels.append(
@@ -91,69 +152,15 @@ def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
                 "relatedSpdxElement": img_id,
             }
         )
-        for r, root in enumerate(image.get("roots") or []):
-            os_ = root.get("os") or {}
+        # OS roots, then the data volumes of a disk with no OS (their packages count too).
+        for r, root in enumerate(image.roots()):
             os_id = _spdx_id("os", i, r)
-            version = str(
-                os_.get("version_id")
-                or f"{os_.get('major_version', 0)}.{os_.get('minor_version', 0)}"
-            )
-            packages.append(
-                {
-                    "SPDXID": os_id,
-                    "name": str(os_.get("product_name") or os_.get("distro") or "unknown"),
-                    "versionInfo": version,
-                    "downloadLocation": NOASSERTION,
-                    "filesAnalyzed": False,
-                    "licenseConcluded": NOASSERTION,
-                    "licenseDeclared": NOASSERTION,
-                    "copyrightText": NOASSERTION,
-                    "primaryPackagePurpose": "OPERATING_SYSTEM",
-                    "comment": f"root {root.get('device', '')}",
-                }
-            )
-            rels.append(
-                {
-                    "spdxElementId": img_id,
-                    "relationshipType": "CONTAINS",
-                    "relatedSpdxElement": os_id,
-                }
-            )
-            for p, pkg in enumerate(root.get("packages") or []):
-                pid = _spdx_id("pkg", i, r, p, pkg.get("name", ""))
-                extra = pkg.get("extra") or {}
-                entry: dict[str, Any] = {
-                    "SPDXID": pid,
-                    "name": str(pkg.get("name") or "?"),
-                    "downloadLocation": NOASSERTION,
-                    "filesAnalyzed": False,
-                    "licenseConcluded": NOASSERTION,
-                    "licenseDeclared": declared(list(pkg.get("licenses") or []), refs),
-                    "copyrightText": NOASSERTION,
-                    "primaryPackagePurpose": _purpose(pkg),
-                }
-                if pkg.get("version"):
-                    entry["versionInfo"] = str(pkg["version"])
-                if extra.get("publisher"):
-                    entry["supplier"] = "Organization: " + str(extra["publisher"])[:200]
-                if pkg.get("license_source"):
-                    entry["sourceInfo"] = f"licence read from {pkg['license_source']}"
-                if pkg.get("purl"):
-                    entry["externalRefs"] = [
-                        {
-                            "referenceCategory": "PACKAGE-MANAGER",
-                            "referenceType": "purl",
-                            "referenceLocator": str(pkg["purl"]),
-                        }
-                    ]
-                packages.append(entry)
-                rels.append(
-                    {
-                        "spdxElementId": os_id,
-                        "relationshipType": "CONTAINS",
-                        "relatedSpdxElement": pid,
-                    }
-                )
+            packages.append(_root_package(os_id, root))
+            rels.append(_contains(img_id, os_id))
+            for p, pkg in enumerate(root.packages):
+                pid = _spdx_id("pkg", i, r, p, pkg.name)
+                packages.append(_package(pid, pkg, refs))
+                rels.append(_contains(os_id, pid))
     doc: dict[str, Any] = {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -163,14 +170,12 @@ def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
         + str(
             uuid.uuid5(
                 _NS,
-                started
-                + "\0"
-                + "\0".join(str(i.get("source")) for i in scan_json.get("images") or []),
+                started + "\0" + "\0".join(i.source for i in report.images),
             )
         ),
         "creationInfo": {
-            "created": _created(str(scan_json.get("finished_at") or started)),
-            "creators": [f"Tool: vmscan-{scan_json.get('vmscan_version') or 'unknown'}"],
+            "created": _created(report.finished_at or started),
+            "creators": [f"Tool: vmscan-{report.vmscan_version or 'unknown'}"],
         },
         "documentDescribes": describes,
         "packages": packages,
@@ -179,7 +184,7 @@ def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
     from vmscan.license.fleet import fleet_of
 
     doc["comment"] = "vmscan license_fleet: " + json.dumps(
-        fleet_of(scan_json), sort_keys=True, ensure_ascii=False
+        fleet_of(report), sort_keys=True, ensure_ascii=False
     )
     if refs:
         doc["hasExtractedLicensingInfos"] = [
@@ -195,7 +200,7 @@ def spdx_document(scan_json: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def write_spdx(scan_json: dict[str, Any], out: IO[str]) -> None:
+def write_spdx(scan_json: ReportDoc | Mapping[str, Any], out: IO[str]) -> None:
     """SPDX 2.3 JSON of the whole run to *out*."""
     json.dump(spdx_document(scan_json), out, indent=2, ensure_ascii=False)
     out.write("\n")

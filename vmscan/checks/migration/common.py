@@ -18,7 +18,7 @@ from vmscan.checks.migration.parse import (
 from vmscan.checks.migration.rules import Rule
 from vmscan.errors import VmscanError
 from vmscan.guestfs_view import GuestFS
-from vmscan.model import Finding
+from vmscan.model import Finding, Severity
 from vmscan.plugins import ScanContext
 
 CONFIG_LIMIT = 1024 * 1024
@@ -142,7 +142,7 @@ class Run:
             Finding(
                 check="migration",
                 rule_id=rule.id,
-                severity=str(severity or rule.severity),
+                severity=Severity(severity or rule.severity),
                 title=title or rule.title,
                 target=target,
                 details=details,

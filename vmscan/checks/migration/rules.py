@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmscan.model import SEVERITY_ORDER, Finding, Severity
+from vmscan.model import Finding, Severity
 
 
 @dataclass(frozen=True)
@@ -282,10 +282,10 @@ DATA_RULES: tuple[Rule, ...] = (CAP_LOW_FREE,)
 
 def verdict_for(findings: Iterable[Finding]) -> str:
     """``blocked`` at high/critical, ``needs_work`` at low/medium, else ``ready``."""
-    top = max((SEVERITY_ORDER.get(f.severity, 0) for f in findings), default=0)
-    if top >= SEVERITY_ORDER["high"]:
+    top = max((f.severity.rank for f in findings), default=0)
+    if top >= Severity.HIGH.rank:
         return "blocked"
-    if top >= SEVERITY_ORDER["low"]:
+    if top >= Severity.LOW.rank:
         return "needs_work"
     return "ready"
 
