@@ -111,3 +111,48 @@ def test_fleet_of_prefers_the_run_section() -> None:
 
 def test_fleet_tolerates_junk() -> None:
     assert fleet_summary({"images": [None, {"roots": [None, {}]}]})["vms"] == 1
+
+
+def _catalog_only_root(product: str, registry: dict[str, str]) -> dict[str, Any]:
+    """A Windows root scanned without the licence check: only the cataloger's OS facts."""
+    from vmscan.catalog.windows import _FACTS
+
+    names = dict(_FACTS)
+    extra = {names[k]: v for k, v in registry.items()}
+    return {
+        "device": "/dev/sda2",
+        "os": {"type": "windows", "product_name": product, "extra": extra},
+        "packages": [],
+        "findings": [],
+        "sections": {},
+    }
+
+
+def test_editions_kept_apart_without_the_licence_check() -> None:
+    # Standard and Datacenter of one product name: the cataloger's EditionID and
+    # InstallationType must keep them in separate rows (they merged when the fleet read
+    # registry value names the cataloger does not write).
+    doc = {
+        "images": [
+            {
+                "source": f"vm{i}.qcow2",
+                "roots": [
+                    _catalog_only_root(
+                        "Windows Server 2022",
+                        {
+                            "EditionID": ed,
+                            "InstallationType": it,
+                            "ProductName": "Windows Server 2022",
+                        },
+                    )
+                ],
+            }
+            for i, (ed, it) in enumerate(
+                [("ServerStandard", "Server"), ("ServerDatacenter", "Server Core")] * 2
+            )
+        ]
+    }
+    rows = {(e["edition_id"], e["installation_type"]): e for e in fleet_summary(doc)["os_editions"]}
+    assert set(rows) == {("ServerStandard", "Server"), ("ServerDatacenter", "Server Core")}
+    assert rows[("ServerStandard", "Server")]["vms"] == ["vm0.qcow2", "vm2.qcow2"]
+    assert rows[("ServerDatacenter", "Server Core")]["count"] == 2

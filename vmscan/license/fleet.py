@@ -136,12 +136,23 @@ def _edition_of_root(root: RootDoc) -> _Edition:
     ed = root.license.os_edition if root.license else None
     if ed is not None:
         return _Edition(ed.type, ed.product_name, ed.edition_id, ed.installation_type, ed.distro)
+    # Without the licence check: the OS facts as the Windows cataloger stores them
+    # (snake_case, vmscan.catalog.windows._FACTS), or as registry value names in reports
+    # written before it did. Reading only one spelling merged Standard and Datacenter.
     extra = root.os.extra
+
+    def fact(*keys: str) -> str:
+        return next((v for v in (_s(extra.get(k)) for k in keys) if v), "")
+
+    product = fact("product_name", "ProductName") or root.os.product_name
+    itype = fact("installation_type", "InstallationType")
+    if not itype and root.os.type == "windows" and product:
+        itype = "Server" if "server" in product.lower() else "Client"
     return _Edition(
         type=root.os.type,
-        product_name=_s(extra.get("ProductName")) or root.os.product_name,
-        edition_id=_s(extra.get("EditionID")),
-        installation_type=_s(extra.get("InstallationType")),
+        product_name=product,
+        edition_id=fact("edition_id", "EditionID"),
+        installation_type=itype,
     )
 
 
