@@ -60,6 +60,14 @@ def test_server2022_old_ubr(
     assert img["status"] in ("ok", "partial"), img["errors"]
     root = img["roots"][0]
     assert root["os"]["extra"]["installation_type"] == "Server"
+    # Without the licence check the fleet count keeps the edition (it merged editions when
+    # it read registry value names the cataloger does not write).
+    eds = report["sections"]["license_fleet"]["os_editions"]
+    edition = root["os"]["extra"]["edition_id"]
+    assert edition.startswith("Server")
+    assert [(e["edition_id"], e["installation_type"], e["count"]) for e in eds] == [
+        (edition, "Server", 1)
+    ]
     findings = {f["rule_id"]: f for f in root["findings"]}
     cu = findings["windows-cu/20348"]
     # Names the build, the latest update and how far behind the guest is.
