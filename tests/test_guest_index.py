@@ -142,7 +142,7 @@ def _plugin_phase(guest: dict[str, Any], fs: Any) -> tuple[Counter[str], RootRes
         device=guest["root"], os=_libguestfs_root(h, guest["root"], DEFAULT_LIMITS).os
     )
     _os_release_into(LibguestfsFS(h), root.os)
-    ctx = ScanContext(root=root, manifest=guest["entries"], handle=h)
+    ctx = ScanContext(root=root, manifest=guest["entries"])
     checks = [c for c in all_checks() if c.NAME in ("license", "migration", "patch")]
     counting: Counting = guest["counting"]
     before = Counter(counting.calls)

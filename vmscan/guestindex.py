@@ -325,5 +325,8 @@ class IndexedFS:
     def open_hive(self, path: str) -> Hive:
         return self.backend.open_hive(path)
 
+    def read_device(self, device: str, size: int, offset: int) -> bytes | None:
+        return self.backend.read_device(device, size, offset)
+
     def statvfs(self, path: str) -> dict[str, int] | None:
         return self.backend.statvfs(path)

@@ -56,9 +56,6 @@ class ScanContext:
     # What a plugin's ``consumer`` prepared before the stream, for its ``run`` (by NAME);
     # an exception there is the plugin's failure, raised when it runs.
     prepared: dict[str, Any] = field(default_factory=dict)
-    # The raw libguestfs handle with this root mounted read-only at "/", for checks
-    # that need bulk transfers (tar_out, checksums_out). None under HostDirFS.
-    handle: Any = None
 
 
 #: Default per-file limit of a requirement: bytes kept (the head of a larger file).

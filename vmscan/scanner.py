@@ -227,7 +227,6 @@ def _scan_mounted(
         options=dict(opts.plugin_options),
         image_facts=facts,
         image=result,
-        handle=g,
     )
     # The verdict cache lives beside the hash cache: a clone's files keep their verdicts.
     ctx.options.setdefault("state_db", opts.state_db or (opts.cache_db if cache else None))
