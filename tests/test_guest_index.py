@@ -18,9 +18,10 @@ from vmscan.guestcall import GuestHandle
 from vmscan.guestfs_view import LibguestfsFS
 from vmscan.guestindex import FileIndex, IndexedFS
 from vmscan.inspect import DEFAULT_LIMITS, _libguestfs_root
+from vmscan.license.copyright import is_copyright_file
 from vmscan.manifest import build_manifest
 from vmscan.model import DiskRef, RootResult
-from vmscan.plugins import ScanContext, run_plugins
+from vmscan.plugins import ScanContext, prefetch, run_plugins
 from vmscan.registry import all_catalogers, all_checks
 from vmscan.scanner import _os_release_into
 from vmscan.session import GuestSession
@@ -171,3 +172,45 @@ def test_plugins_make_no_per_file_metadata_calls(guest: dict[str, Any]) -> None:
     assert [p.status for p in root.plugins] == [p.status for p in plain_root.plugins]
     assert {f.rule_id for f in root.findings} == {f.rule_id for f in plain_root.findings}
     assert len(root.packages) == len(plain_root.packages) > 0
+
+
+def test_one_stream_serves_the_plugins_reads(guest: dict[str, Any]) -> None:
+    """Catalogers and the licence, patch and migration checks declare their files: ONE
+    tar_out brings them, the package database and copyright files are read from it, and
+    the answers are those of the plain view."""
+    idx = IndexedFS(guest["index"], guest["plain"])
+    h: GuestHandle = guest["h"]
+    root = RootResult(
+        device=guest["root"], os=_libguestfs_root(h, guest["root"], DEFAULT_LIMITS).os
+    )
+    _os_release_into(LibguestfsFS(h), root.os)
+    ctx = ScanContext(root=root, manifest=guest["entries"])
+    checks = [c for c in all_checks() if c.NAME in ("license", "migration", "patch")]
+    counting: Counting = guest["counting"]
+    before = Counter(counting.calls)
+    # (blob_only_min=1: this phony guest has fewer files to declare than the scanner's
+    # threshold for a stream that only fetches declared files)
+    rep = prefetch(h, idx, ctx, [*all_catalogers(), *checks], blob_only_min=1)
+    run_plugins(idx, ctx, all_catalogers(), checks, guest["alive"])
+    calls = counting.calls - before
+    assert calls["tar_out"] == rep.tar_out_calls == 1
+    copyrights = {e.path for e in guest["entries"] if is_copyright_file(e)}
+    kept = set(idx.blobs.blobs)
+    assert copyrights and copyrights <= kept
+    assert "/var/lib/dpkg/status" in kept and "/etc/fstab" in kept
+    # Nothing the plugins declared was read from the appliance.
+    assert not any(p in kept for p in idx.read_fallback_paths), idx.read_fallback_paths
+    assert "/var/lib/dpkg/status" not in idx.read_fallback_paths
+    assert idx.streamed_reads >= len(copyrights) + 2
+    _plain_calls, plain_root = _plugin_phase(guest, guest["plain"])
+    assert [(p.name, p.status) for p in root.plugins] == [
+        (p.name, p.status) for p in plain_root.plugins
+    ]
+    assert sorted(f.fingerprint for f in root.findings) == sorted(
+        f.fingerprint for f in plain_root.findings
+    )
+
+    def pkgs(r: RootResult) -> list[tuple[str, str, tuple[str, ...], str]]:
+        return sorted((p.name, p.version, tuple(p.licenses), p.license_source) for p in r.packages)
+
+    assert pkgs(root) == pkgs(plain_root) and len(root.packages) > 0

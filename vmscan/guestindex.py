@@ -171,6 +171,8 @@ class IndexedFS:
         self.read_fallbacks: Counter[str] = Counter()
         #: Reads answered from the stream's blobs.
         self.streamed_reads = 0
+        #: The first paths read from the appliance (for the report: what is left to declare).
+        self.read_fallback_paths: list[str] = []
 
     def _fallback(self, name: str) -> Any:
         self.fallbacks[name] += 1
@@ -276,6 +278,11 @@ class IndexedFS:
 
     # -- reads: the stream's blobs, else the appliance --------------------------
 
+    def _read_fallback(self, name: str, path: str) -> None:
+        self.read_fallbacks[name] += 1
+        if len(self.read_fallback_paths) < 20:
+            self.read_fallback_paths.append(path)
+
     def _blob(self, path: str) -> tuple[int, bytes] | None:
         if not self.blobs.blobs:
             return None
@@ -294,7 +301,7 @@ class IndexedFS:
             if len(data) == size:
                 self.streamed_reads += 1
                 return data
-        self.read_fallbacks["read_bytes"] += 1
+        self._read_fallback("read_bytes", path)
         return self.backend.read_bytes(path, limit)
 
     def read_head(self, path: str, size: int) -> bytes:
@@ -302,7 +309,7 @@ class IndexedFS:
         if got is not None and len(got[1]) >= min(size, got[0]):
             self.streamed_reads += 1
             return got[1][:size]
-        self.read_fallbacks["read_head"] += 1
+        self._read_fallback("read_head", path)
         return self.backend.read_head(path, size)
 
     @contextlib.contextmanager
@@ -319,7 +326,7 @@ class IndexedFS:
                 raise TooLargeError(f"{path}: {got[0]} bytes is over the {limit} byte limit")
             self.streamed_reads += 1
             return self._blob_file(got[1])
-        self.read_fallbacks["materialize"] += 1
+        self._read_fallback("materialize", path)
         return self.backend.materialize(path, limit)
 
     def open_hive(self, path: str) -> Hive:

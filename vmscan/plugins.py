@@ -35,7 +35,14 @@ from vmscan.model import (
     PluginStatus,
     RootResult,
 )
-from vmscan.stream import BlobRequest, BlobStore, MemberConsumer, StreamReport, stream_root
+from vmscan.stream import (
+    BLOB_ONLY_MIN,
+    BlobRequest,
+    BlobStore,
+    MemberConsumer,
+    StreamReport,
+    stream_root,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +75,21 @@ class Requirements:
 
     A regular file is needed when its path is in *paths*, matches one of *globs*
     (``fnmatch``, so ``*`` crosses "/"), or *predicate* says so; at most *max_bytes* of
-    it are kept (its head when larger). *persist*: whole files are also kept by content
-    in the cache database (``doc_blobs``), so that a rescan or a clone is served from
-    there instead of streaming them again.
+    it are kept (its head when larger; with *whole*, a larger file is not kept at all:
+    its reader wants all of it and reads it from the appliance). *persist*: whole files
+    are also kept by content in the cache database (``doc_blobs``), so that a rescan or a
+    clone is served from there instead of streaming them again. *if_streamed*: kept only
+    when the file passes in the stream anyway (the heads of executables: a ``tar_out``
+    carries whole files, so asking for a head alone would cost the whole file).
     """
 
     paths: frozenset[str] = frozenset()
     globs: tuple[str, ...] = ()
     predicate: Callable[[FileEntry], bool] | None = None
     max_bytes: int = REQUIRED_MAX_BYTES
+    whole: bool = False
     persist: bool = False
+    if_streamed: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.paths or self.globs or self.predicate)
@@ -90,15 +102,12 @@ class Requirements:
         return self.predicate is not None and self.predicate(e)
 
 
-NOTHING = Requirements()
-
-
 class _Plugin:
     NAME: str = ""
 
-    def requirements(self, ctx: ScanContext) -> Requirements:
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
         """Files whose content this plugin reads (served from the stream): none by default."""
-        return NOTHING
+        return ()
 
     def consumer(self, fs: GuestFS, ctx: ScanContext) -> MemberConsumer | None:
         """Takes whole files as the stream passes (the antivirus scanner); None here."""
@@ -141,6 +150,7 @@ def prefetch(
     ctx: ScanContext,
     plugins: Iterable[_Plugin],
     hash_paths: Iterable[str] = (),
+    blob_only_min: int = BLOB_ONLY_MIN,
 ) -> StreamReport:
     """Merge what *plugins* need and move it out of the appliance in ONE ``tar_out``.
 
@@ -163,22 +173,22 @@ def prefetch(
             c = None
         if c is not None:
             consumers[p.NAME] = c
-        req = p.requirements(ctx)
-        if req:
-            wanted.append(req)
+        wanted.extend(r for r in p.requirements(ctx) if r)
     requests: dict[str, BlobRequest] = {}
     for e in ctx.manifest:
         if not _is_regular(e):
             continue
-        hits = [r for r in wanted if r.matches(e)]
+        hits = [r for r in wanted if not (r.whole and e.size > r.max_bytes) and r.matches(e)]
         if hits:
             requests[e.path] = BlobRequest(
-                max(r.max_bytes for r in hits), any(r.persist for r in hits)
+                max(r.max_bytes for r in hits),
+                any(r.persist for r in hits),
+                all(r.if_streamed for r in hits),
             )
     cache_db = ctx.options.get("state_db")
     if cache_db:
         _from_blob_cache(str(cache_db), ctx, requests, blobs)
-    rep = stream_root(handle, ctx.manifest, consumers, requests, blobs, hash_paths)
+    rep = stream_root(handle, ctx.manifest, consumers, requests, blobs, hash_paths, blob_only_min)
     if cache_db:
         _into_blob_cache(str(cache_db), ctx, requests, blobs)
     return rep

@@ -246,6 +246,7 @@ def _scan_mounted(
         # answered by the appliance instead.
         "fallbacks": dict(sorted((fs.fallbacks + fs.read_fallbacks).items())),
         "streamed_reads": fs.streamed_reads,
+        "read_fallback_paths": fs.read_fallback_paths,
     }
     for p in hash_pending(g, entries, tm, in_appliance=not streaming)[:50]:
         result.errors.append(p)

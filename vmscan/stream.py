@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: The libguestfs protocol caps one message at 4 MB: the exclude list must stay below.
 EXCLUDES_BUDGET = 2_500_000
+#: Fewest files wanted by blob requests alone (no consumer, nothing to hash) for which a
+#: stream is started: below it they are read one by one.
+BLOB_ONLY_MIN = 32
 #: What reading a member may raise (a stream cut short, a cancelled transfer).
 READ_ERRORS = (OSError, tarfile.TarError, EOFError)
 
@@ -283,10 +286,12 @@ class MemberConsumer(Protocol):
 
 @dataclass(frozen=True)
 class BlobRequest:
-    """Bytes of one file to keep in the root's blob store: at most *limit* (its head)."""
+    """Bytes of one file to keep in the root's blob store: at most *limit* (its head);
+    *if_streamed*: only when it passes for another reason (never added to the stream)."""
 
     limit: int
     persist: bool = False
+    if_streamed: bool = False
 
 
 class BlobStore:
@@ -335,6 +340,7 @@ class StreamReport:
     blobs_kept: int = 0
     blob_bytes: int = 0
     blobs_refused: int = 0
+    blob_only_skipped: int = 0
     error: str | None = None
     consumers: dict[str, int] = field(default_factory=dict)
 
@@ -349,6 +355,7 @@ class StreamReport:
             "blobs_kept": self.blobs_kept,
             "blob_bytes": self.blob_bytes,
             "blobs_refused": self.blobs_refused,
+            "blob_only_skipped": self.blob_only_skipped,
             "error": self.error,
             "consumers": dict(sorted(self.consumers.items())),
         }
@@ -381,6 +388,7 @@ def stream_root(
     blob_requests: dict[str, BlobRequest],
     blobs: BlobStore,
     hash_paths: Iterable[str] = (),
+    blob_only_min: int = BLOB_ONLY_MIN,
 ) -> StreamReport:
     """ONE ``tar_out`` of "/" carrying every file a consumer, a blob request or the host
     hashing (*hash_paths*: manifest entries with no SHA-256 yet) asked for.
@@ -402,7 +410,14 @@ def stream_root(
                 n += 1
         rep.consumers[name] = n
     hash_set = {p for p in hash_paths if p in by_path}
-    keep = set(wants) | {p for p in blob_requests if p in by_path} | hash_set
+    blob_only = {p for p, r in blob_requests.items() if p in by_path and not r.if_streamed}
+    if not wants and not hash_set and len(blob_only) < blob_only_min:
+        # A few small files alone are not worth a tar_out (and its exclude list): their
+        # reads go to the appliance, counted as fallbacks. A clone of a scanned disk
+        # then streams nothing.
+        rep.blob_only_skipped = len(blob_only)
+        blob_only = set()
+    keep = set(wants) | hash_set | blob_only
     rep.files_wanted = len(keep)
     taken: dict[str, set[str]] = {name: set() for name in consumers}
     if not keep:
@@ -426,7 +441,7 @@ def stream_root(
                 leftover = {
                     p
                     for p in keep - delivered
-                    if p in blob_requests
+                    if (p in blob_requests and not blob_requests[p].if_streamed)
                     or p in hash_set
                     or any(consumers[n].active() for n in wants.get(p, ()))
                 }

@@ -170,10 +170,10 @@ class LicenseCheck(Check):
     NAME = CHECK
     VERSION = "1"
 
-    def requirements(self, ctx: ScanContext) -> Requirements:
-        """dpkg's copyright files, whole up to the parser's limit, kept by content so that
-        a rescan or a clone is served from the cache database."""
-        return Requirements(predicate=is_copyright_file, max_bytes=COPYRIGHT_LIMIT, persist=True)
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """dpkg's copyright files, up to the parser's limit (the head of a larger one),
+        kept by content so that a rescan or a clone is served from the cache database."""
+        return (Requirements(predicate=is_copyright_file, max_bytes=COPYRIGHT_LIMIT, persist=True),)
 
     def run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
         policy = load_policy(ctx.options)
