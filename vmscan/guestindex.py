@@ -330,7 +330,21 @@ class IndexedFS:
         return self.backend.materialize(path, limit)
 
     def open_hive(self, path: str) -> Hive:
-        return self.backend.open_hive(path)
+        """A hive the stream delivered is parsed on the host (python3-hivex) from a private
+        copy, removed once it is open; any other goes to the appliance's hivex."""
+        got = self._blob(path)
+        if got is None or len(got[1]) != got[0]:
+            self._read_fallback("open_hive", path)
+            return self.backend.open_hive(path)
+        from vmscan.hive import HostHive
+
+        self.streamed_reads += 1
+        with tempfile.TemporaryDirectory(prefix="vmscan-hive-") as tmp:
+            copy = Path(tmp) / "hive"
+            copy.write_bytes(got[1])
+            # hivex reads the file when it opens it: the copy can go right after.
+            hive: Hive = HostHive(copy, label=path)
+        return hive
 
     def read_device(self, device: str, size: int, offset: int) -> bytes | None:
         return self.backend.read_device(device, size, offset)
