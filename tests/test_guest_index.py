@@ -25,6 +25,7 @@ from vmscan.plugins import ScanContext, prefetch, run_plugins
 from vmscan.registry import all_catalogers, all_checks
 from vmscan.scanner import _os_release_into
 from vmscan.session import GuestSession
+from vmscan.walk import WalkLimits, folder_walk
 
 pytestmark = pytest.mark.guest
 
@@ -172,6 +173,28 @@ def test_plugins_make_no_per_file_metadata_calls(guest: dict[str, Any]) -> None:
     assert [p.status for p in root.plugins] == [p.status for p in plain_root.plugins]
     assert {f.rule_id for f in root.findings} == {f.rule_id for f in plain_root.findings}
     assert len(root.packages) == len(plain_root.packages) > 0
+
+
+def test_folder_walk_stats_each_entry_once(guest: dict[str, Any]) -> None:
+    """The fallback walk's stats go to the manifest: no entry is stat'ed twice, and the
+    manifest is the one the find0 walk gives."""
+    h: GuestHandle = guest["h"]
+    counting: Counting = guest["counting"]
+    before = Counter(counting.calls)
+    listing = folder_walk(h, WalkLimits())
+    walked = counting.calls - before
+    mid = Counter(counting.calls)
+    entries, _ = build_manifest(h, [("/", guest["root"])], listing=listing, hash_files=False)
+    again = counting.calls - mid
+    assert listing.how == "folder walk" and walked["ls0"] > 10
+    # One ls0 per folder, at most one lstatnslist per folder (none for an empty one).
+    assert 0 < walked["lstatnslist"] <= walked["ls0"]
+    assert again["lstatnslist"] == 0, again
+
+    def key(es: list[Any]) -> set[tuple[str, int, int, int]]:
+        return {(e.path, e.size, e.mode, e.mtime) for e in es}
+
+    assert key(entries) == key(guest["entries"])
 
 
 def test_one_stream_serves_the_plugins_reads(guest: dict[str, Any]) -> None:
