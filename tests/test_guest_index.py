@@ -7,6 +7,7 @@ libguestfs handle counts every call by name.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from vmscan.plugins import ScanContext, prefetch, run_plugins
 from vmscan.registry import all_catalogers, all_checks
 from vmscan.scanner import _os_release_into
 from vmscan.session import GuestSession
+from vmscan.stream import BlobStore, stream_root
 from vmscan.walk import WalkLimits, folder_walk
 
 pytestmark = pytest.mark.guest
@@ -237,3 +239,47 @@ def test_one_stream_serves_the_plugins_reads(guest: dict[str, Any]) -> None:
         return sorted((p.name, p.version, tuple(p.licenses), p.license_source) for p in r.packages)
 
     assert pkgs(root) == pkgs(plain_root) and len(root.packages) > 0
+
+
+class _Taker:
+    """A stream consumer keeping what it takes; with *fail_at*, it raises on that take."""
+
+    def __init__(self, paths: list[str], fail_at: int = -1) -> None:
+        self.paths = paths
+        self.fail_at = fail_at
+        self.got: dict[str, bytes] = {}
+        self.calls = 0
+        self.taken: set[str] | None = None
+
+    def wanted(self) -> list[str]:
+        return self.paths
+
+    def take(self, entry: Any, size: int, fh: Any) -> bool:
+        self.calls += 1
+        if self.calls - 1 == self.fail_at:
+            raise ValueError("this consumer broke")
+        self.got[entry.path] = fh.read(size)
+        return True
+
+    def active(self) -> bool:
+        return True
+
+    def done(self, error: str | None, taken: set[str]) -> None:
+        self.taken = taken
+
+
+def test_a_broken_consumer_never_stops_the_stream(guest: dict[str, Any]) -> None:
+    """A consumer that raises gets nothing more; the others get every member they asked
+    for, byte for byte (the manifest's SHA-256), from the same single tar_out."""
+    files = [e for e in guest["entries"] if e.sha256 and e.size < (1 << 20)][:40]
+    assert len(files) >= 10
+    broken = _Taker([e.path for e in files[:5]], fail_at=1)
+    rest = _Taker([e.path for e in files])
+    rep = stream_root(guest["h"], guest["entries"], {"a": broken, "b": rest}, {}, BlobStore())
+    assert rep.tar_out_calls == 1
+    assert "this consumer broke" in rep.consumer_errors["a"]
+    assert len(broken.got) == 1 and broken.taken == set(broken.got)
+    assert set(rest.got) == {e.path for e in files} - set(broken.got)
+    by_path = {e.path: e for e in files}
+    for path, data in rest.got.items():
+        assert hashlib.sha256(data).hexdigest() == by_path[path].sha256, path

@@ -149,9 +149,13 @@ def _run_plugins(
     tm = _timings_of(ctx.image)
     if stream is not None and alive():
         handle, hash_paths = stream
-        with tm.phase("stream"):
-            rep = prefetch(handle, fs, ctx, [*cats, *chosen], hash_paths)
-        ctx.root.sections["stream"] = rep.to_dict()
+        try:
+            with tm.phase("stream"):
+                rep = prefetch(handle, fs, ctx, [*cats, *chosen], hash_paths)
+            ctx.root.sections["stream"] = rep.to_dict()
+        except Exception as e:  # the plugins then read for themselves; never the image
+            log.warning("content stream of %s failed", ctx.root.device, exc_info=True)
+            ctx.root.sections["stream"] = {"error": bound(f"{type(e).__name__}: {e}")}
     run_plugins(fs, ctx, cats, chosen, alive, not_selected=others, timings=tm)
 
 

@@ -343,6 +343,8 @@ class StreamReport:
     blob_only_skipped: int = 0
     error: str | None = None
     consumers: dict[str, int] = field(default_factory=dict)
+    #: Consumers that raised while taking a member (they were given nothing more).
+    consumer_errors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -358,6 +360,7 @@ class StreamReport:
             "blob_only_skipped": self.blob_only_skipped,
             "error": self.error,
             "consumers": dict(sorted(self.consumers.items())),
+            "consumer_errors": dict(sorted(self.consumer_errors.items())),
         }
 
 
@@ -435,7 +438,8 @@ def stream_root(
             rep.members += 1
             if len(delivered) == len(keep):
                 break
-            if leftover is None and not all(c.active() for c in consumers.values()):
+            live = {n for n, c in consumers.items() if n not in rep.consumer_errors and c.active()}
+            if leftover is None and len(live) < len(consumers):
                 # A consumer gave up (clamd gone): from now on only what another still
                 # takes keeps the stream going.
                 leftover = {
@@ -443,7 +447,7 @@ def stream_root(
                     for p in keep - delivered
                     if (p in blob_requests and not blob_requests[p].if_streamed)
                     or p in hash_set
-                    or any(consumers[n].active() for n in wants.get(p, ()))
+                    or any(n in live for n in wants.get(p, ()))
                 }
             if leftover is not None and not leftover:
                 break
@@ -462,7 +466,17 @@ def stream_root(
             try:
                 for name in wants.get(path, ()):
                     c = consumers[name]
-                    if c.active() and c.take(entry, member.size, cast("IO[bytes]", tee)):
+                    if name in rep.consumer_errors or not c.active():
+                        continue
+                    try:
+                        took = c.take(entry, member.size, cast("IO[bytes]", tee))
+                    except READ_ERRORS:
+                        raise
+                    except Exception as e:  # one consumer never stops the stream for others
+                        log.warning("stream consumer %s failed", name, exc_info=True)
+                        rep.consumer_errors[name] = f"{type(e).__name__}: {e}"[:300]
+                        continue
+                    if took:
                         taken[name].add(path)
                         break
                 if req is not None and len(tee.head) < min(req.limit, member.size):
