@@ -28,7 +28,7 @@ from vmscan.checks.antivirus import AntivirusCheck
 from vmscan.guestfs_view import GuestFS, HostDirFS
 from vmscan.model import FileEntry, Finding, ImageResult, OSInfo, RootResult
 from vmscan.pathenc import encode_path
-from vmscan.plugins import ScanContext
+from vmscan.plugins import ScanContext, prefetch
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + b"EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 MiB = 1024 * 1024
@@ -145,8 +145,12 @@ def run_check(
 ) -> tuple[list[Finding], dict[str, Any], ScanContext]:
     image = image or ImageResult(source="test")
     root = RootResult(device=device, os=OSInfo())
-    ctx = ScanContext(root=root, manifest=manifest, options=options, image=image, handle=handle)
-    findings = AntivirusCheck().run(fs, ctx)
+    ctx = ScanContext(root=root, manifest=manifest, options=options, image=image)
+    check = AntivirusCheck()
+    if handle is not None:
+        # The scanner's way: the root's one stream first, then the check.
+        prefetch(handle, fs, ctx, [check])
+    findings = check.run(fs, ctx)
     return findings, image.sections["antivirus"], ctx
 
 

@@ -17,11 +17,12 @@ from vmscan.av.archive_limits import exceeds_limits
 from vmscan.av.cache import VerdictCache
 from vmscan.av.clamd_client import ClamdClient, ClamdUnavailable, Verdict, parse_reply
 from vmscan.av.clamd_manager import ClamdLimits
-from vmscan.av.engine import build_excludes, severity_of
+from vmscan.av.engine import severity_of
 from vmscan.av.magic import classify, in_scope, parse_scope
 from vmscan.av.paths import decode_path, encode_path, tar_exclude_pattern
 from vmscan.checks.antivirus import NOT_SCANNED_CAP, fingerprint, merge_sections
 from vmscan.model import FileEntry
+from vmscan.stream import build_excludes
 
 
 @pytest.mark.parametrize(

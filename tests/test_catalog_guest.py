@@ -253,3 +253,37 @@ def test_mariner_fixture_guest_equals_rpm_qa(tmp_path: Path) -> None:
     assert mine == expected
     assert len(mine) == 9
     assert ctx.notes == []
+
+
+def test_catalogers_from_the_stream_equal_the_appliance(handle: Any) -> None:
+    """Package databases and hives declared by the catalogers come in ONE tar_out and
+    are read from it (rpm's copied to the host, the hives parsed there with hivex): the
+    same packages and facts as through libguestfs, no read left to the appliance."""
+    from vmscan.guestcall import GuestHandle
+    from vmscan.guestindex import FileIndex, IndexedFS
+    from vmscan.manifest import build_manifest
+    from vmscan.plugins import prefetch
+    from vmscan.stream import TarStream
+
+    h = GuestHandle(handle)
+    index = FileIndex()
+    entries, _ = build_manifest(h, [("/", "/dev/sda")], walk=index)
+    index.finish(h)
+    idx = IndexedFS(index, LibguestfsFS(h))
+    cats = [DpkgCataloger(), ApkCataloger(), RpmCataloger(), WindowsCataloger()]
+    win = OSInfo(type="windows", arch="x86_64")
+    ctx = ScanContext(root=RootResult(device="/dev/sda", os=win), manifest=entries)
+    calls = TarStream.calls
+    rep = prefetch(h, idx, ctx, cats, blob_only_min=1)
+    assert rep.tar_out_calls == TarStream.calls - calls == 1
+    assert "/Windows/System32/config/SOFTWARE" in idx.blobs
+    assert "/corrupt.hive" not in idx.blobs  # nobody asked for it
+
+    def run(fs: Any) -> tuple[list[tuple[str, str, str]], dict[str, Any], list[str]]:
+        c = _ctx(OSInfo(type="windows", arch="x86_64"))
+        got = [(p.found_by, p.name, p.version) for cat in cats for p in cat.catalog(fs, c)]
+        return sorted(got), dict(c.root.os.extra), sorted(c.notes)
+
+    assert run(idx) == run(LibguestfsFS(h))
+    assert not idx.read_fallbacks, idx.read_fallback_paths
+    assert idx.streamed_reads >= 5

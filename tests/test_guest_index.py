@@ -7,6 +7,7 @@ libguestfs handle counts every call by name.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -18,12 +19,15 @@ from vmscan.guestcall import GuestHandle
 from vmscan.guestfs_view import LibguestfsFS
 from vmscan.guestindex import FileIndex, IndexedFS
 from vmscan.inspect import DEFAULT_LIMITS, _libguestfs_root
+from vmscan.license.copyright import is_copyright_file
 from vmscan.manifest import build_manifest
 from vmscan.model import DiskRef, RootResult
-from vmscan.plugins import ScanContext, run_plugins
+from vmscan.plugins import ScanContext, prefetch, run_plugins
 from vmscan.registry import all_catalogers, all_checks
 from vmscan.scanner import _os_release_into
 from vmscan.session import GuestSession
+from vmscan.stream import BlobStore, stream_root
+from vmscan.walk import WalkLimits, folder_walk
 
 pytestmark = pytest.mark.guest
 
@@ -142,7 +146,7 @@ def _plugin_phase(guest: dict[str, Any], fs: Any) -> tuple[Counter[str], RootRes
         device=guest["root"], os=_libguestfs_root(h, guest["root"], DEFAULT_LIMITS).os
     )
     _os_release_into(LibguestfsFS(h), root.os)
-    ctx = ScanContext(root=root, manifest=guest["entries"], handle=h)
+    ctx = ScanContext(root=root, manifest=guest["entries"])
     checks = [c for c in all_checks() if c.NAME in ("license", "migration", "patch")]
     counting: Counting = guest["counting"]
     before = Counter(counting.calls)
@@ -171,3 +175,111 @@ def test_plugins_make_no_per_file_metadata_calls(guest: dict[str, Any]) -> None:
     assert [p.status for p in root.plugins] == [p.status for p in plain_root.plugins]
     assert {f.rule_id for f in root.findings} == {f.rule_id for f in plain_root.findings}
     assert len(root.packages) == len(plain_root.packages) > 0
+
+
+def test_folder_walk_stats_each_entry_once(guest: dict[str, Any]) -> None:
+    """The fallback walk's stats go to the manifest: no entry is stat'ed twice, and the
+    manifest is the one the find0 walk gives."""
+    h: GuestHandle = guest["h"]
+    counting: Counting = guest["counting"]
+    before = Counter(counting.calls)
+    listing = folder_walk(h, WalkLimits())
+    walked = counting.calls - before
+    mid = Counter(counting.calls)
+    entries, _ = build_manifest(h, [("/", guest["root"])], listing=listing, hash_files=False)
+    again = counting.calls - mid
+    assert listing.how == "folder walk" and walked["ls0"] > 10
+    # One ls0 per folder, at most one lstatnslist per folder (none for an empty one).
+    assert 0 < walked["lstatnslist"] <= walked["ls0"]
+    assert again["lstatnslist"] == 0, again
+
+    def key(es: list[Any]) -> set[tuple[str, int, int, int]]:
+        return {(e.path, e.size, e.mode, e.mtime) for e in es}
+
+    assert key(entries) == key(guest["entries"])
+
+
+def test_one_stream_serves_the_plugins_reads(guest: dict[str, Any]) -> None:
+    """Catalogers and the licence, patch and migration checks declare their files: ONE
+    tar_out brings them, the package database and copyright files are read from it, and
+    the answers are those of the plain view."""
+    idx = IndexedFS(guest["index"], guest["plain"])
+    h: GuestHandle = guest["h"]
+    root = RootResult(
+        device=guest["root"], os=_libguestfs_root(h, guest["root"], DEFAULT_LIMITS).os
+    )
+    _os_release_into(LibguestfsFS(h), root.os)
+    ctx = ScanContext(root=root, manifest=guest["entries"])
+    checks = [c for c in all_checks() if c.NAME in ("license", "migration", "patch")]
+    counting: Counting = guest["counting"]
+    before = Counter(counting.calls)
+    # (blob_only_min=1: this phony guest has fewer files to declare than the scanner's
+    # threshold for a stream that only fetches declared files)
+    rep = prefetch(h, idx, ctx, [*all_catalogers(), *checks], blob_only_min=1)
+    run_plugins(idx, ctx, all_catalogers(), checks, guest["alive"])
+    calls = counting.calls - before
+    assert calls["tar_out"] == rep.tar_out_calls == 1
+    copyrights = {e.path for e in guest["entries"] if is_copyright_file(e)}
+    kept = set(idx.blobs.blobs)
+    assert copyrights and copyrights <= kept
+    assert "/var/lib/dpkg/status" in kept and "/etc/fstab" in kept
+    # Nothing the plugins declared was read from the appliance.
+    assert not any(p in kept for p in idx.read_fallback_paths), idx.read_fallback_paths
+    assert "/var/lib/dpkg/status" not in idx.read_fallback_paths
+    assert idx.streamed_reads >= len(copyrights) + 2
+    _plain_calls, plain_root = _plugin_phase(guest, guest["plain"])
+    assert [(p.name, p.status) for p in root.plugins] == [
+        (p.name, p.status) for p in plain_root.plugins
+    ]
+    assert sorted(f.fingerprint for f in root.findings) == sorted(
+        f.fingerprint for f in plain_root.findings
+    )
+
+    def pkgs(r: RootResult) -> list[tuple[str, str, tuple[str, ...], str]]:
+        return sorted((p.name, p.version, tuple(p.licenses), p.license_source) for p in r.packages)
+
+    assert pkgs(root) == pkgs(plain_root) and len(root.packages) > 0
+
+
+class _Taker:
+    """A stream consumer keeping what it takes; with *fail_at*, it raises on that take."""
+
+    def __init__(self, paths: list[str], fail_at: int = -1) -> None:
+        self.paths = paths
+        self.fail_at = fail_at
+        self.got: dict[str, bytes] = {}
+        self.calls = 0
+        self.taken: set[str] | None = None
+
+    def wanted(self) -> list[str]:
+        return self.paths
+
+    def take(self, entry: Any, size: int, fh: Any) -> bool:
+        self.calls += 1
+        if self.calls - 1 == self.fail_at:
+            raise ValueError("this consumer broke")
+        self.got[entry.path] = fh.read(size)
+        return True
+
+    def active(self) -> bool:
+        return True
+
+    def done(self, error: str | None, taken: set[str]) -> None:
+        self.taken = taken
+
+
+def test_a_broken_consumer_never_stops_the_stream(guest: dict[str, Any]) -> None:
+    """A consumer that raises gets nothing more; the others get every member they asked
+    for, byte for byte (the manifest's SHA-256), from the same single tar_out."""
+    files = [e for e in guest["entries"] if e.sha256 and e.size < (1 << 20)][:40]
+    assert len(files) >= 10
+    broken = _Taker([e.path for e in files[:5]], fail_at=1)
+    rest = _Taker([e.path for e in files])
+    rep = stream_root(guest["h"], guest["entries"], {"a": broken, "b": rest}, {}, BlobStore())
+    assert rep.tar_out_calls == 1
+    assert "this consumer broke" in rep.consumer_errors["a"]
+    assert len(broken.got) == 1 and broken.taken == set(broken.got)
+    assert set(rest.got) == {e.path for e in files} - set(broken.got)
+    by_path = {e.path: e for e in files}
+    for path, data in rest.got.items():
+        assert hashlib.sha256(data).hexdigest() == by_path[path].sha256, path

@@ -28,8 +28,9 @@ from vmscan.plugins import ScanContext
 pytestmark = pytest.mark.guest
 
 
-def _kill_appliance(ctx: ScanContext | None, handle: Any = None) -> None:
-    pid = int((handle if ctx is None else ctx.handle).get_pid())
+def _kill_appliance(handle: Any) -> None:
+    """Kill the qemu behind *handle* (the plugins' view has no handle: its backend's)."""
+    pid = int(handle.get_pid())
     os.kill(pid, signal.SIGKILL)
     for _ in range(200):  # until it is a zombie (libguestfs reaps it) or gone
         try:
@@ -61,17 +62,17 @@ def killed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     def build_manifest(g: Any, *args: Any, **kwargs: Any) -> Any:
         if current and current[-1].endswith("walk.qcow2"):
-            _kill_appliance(None, g)
+            _kill_appliance(g)
         return orig_manifest(g, *args, **kwargs)
 
     def run(self: MigrationCheck, fs: Any, ctx: ScanContext) -> Any:
         if ctx.image is not None and ctx.image.source.endswith("mig.qcow2"):
-            _kill_appliance(ctx)
+            _kill_appliance(fs.backend.g)
         return orig_run(self, fs, ctx)
 
     def catalog(self: DpkgCataloger, fs: Any, ctx: ScanContext) -> Any:
         if ctx.image is not None and ctx.image.source.endswith("dpkg.qcow2"):
-            _kill_appliance(ctx)
+            _kill_appliance(fs.backend.g)
         return orig_catalog(self, fs, ctx)
 
     mp.setattr(MigrationCheck, "run", run)

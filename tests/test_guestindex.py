@@ -153,3 +153,43 @@ def test_reads_go_to_the_backend(tree: Path) -> None:
     fs = IndexedFS(_index(tree), HostDirFS(tree))
     assert fs.read_bytes("/etc/hostname") == b"guest\n"
     assert fs.read_head("/lib/modules/6.1.0/modules.dep", 1) == b"x"
+
+
+def test_reads_of_streamed_files_come_from_the_blob_store(tmp_path: Path) -> None:
+    """Copyright files the stream kept are read from memory, through doc-dir symlinks;
+    what the stream did not bring goes to the appliance (here the host view), counted."""
+    from vmscan.errors import TooLargeError
+    from vmscan.license.copyright import read_package_copyright
+    from vmscan.stream import BlobStore
+
+    r = tmp_path / "root"
+    doc = r / "usr/share/doc"
+    (doc / "libfoo-common").mkdir(parents=True)
+    text = b"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+    text += b"Files: *\nCopyright: x\nLicense: Zlib\n"
+    (doc / "libfoo-common/copyright").write_bytes(text)
+    os.symlink("libfoo-common", doc / "libfoo1")
+    os.symlink("/usr/share/doc/libfoo-common", doc / "libfoo2")
+    (doc / "big").mkdir()
+    (doc / "big/copyright").write_bytes(b"B" * 5000)
+    (r / "etc").mkdir()
+    (r / "etc/hostname").write_text("guest\n")
+    blobs = BlobStore()
+    blobs.put("/usr/share/doc/libfoo-common/copyright", len(text), text)
+    blobs.put("/usr/share/doc/big/copyright", 5000, b"B" * 100)  # only its head was kept
+    fs = IndexedFS(_index(r), HostDirFS(r), blobs)  # type: ignore[arg-type]
+    for name in ("libfoo-common", "libfoo1", "libfoo2"):
+        res, path = read_package_copyright(fs, name)
+        assert res.licenses == ("Zlib",), name
+        assert path == "/usr/share/doc/libfoo-common/copyright"
+    assert fs.streamed_reads == 3 and not fs.read_fallbacks
+    assert fs.read_head("/usr/share/doc/big/copyright", 50) == b"B" * 50
+    with pytest.raises(TooLargeError):
+        fs.read_bytes("/usr/share/doc/big/copyright", 1000)
+    assert not fs.read_fallbacks
+    # Whole file wanted but only the head kept, and a file nobody asked for: the appliance.
+    assert fs.read_bytes("/usr/share/doc/big/copyright") == b"B" * 5000
+    assert fs.read_bytes("/etc/hostname") == b"guest\n"
+    assert fs.read_fallbacks == {"read_bytes": 2}
+    with fs.materialize("/usr/share/doc/libfoo1/copyright", 1 << 20) as host:
+        assert host.read_bytes() == text

@@ -17,10 +17,13 @@ from typing import Any
 import pytest
 
 from vmscan.checks.license import LicenseCheck
+from vmscan.guestcall import GuestHandle
 from vmscan.guestfs_view import HostDirFS, LibguestfsFS
-from vmscan.license.copyright import read_package_copyright
+from vmscan.guestindex import FileIndex, IndexedFS
+from vmscan.license.copyright import is_copyright_file, read_package_copyright
+from vmscan.manifest import build_manifest
 from vmscan.model import FileEntry, OSInfo, Package, RootResult
-from vmscan.plugins import ScanContext
+from vmscan.plugins import ScanContext, prefetch
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 HOST_DOC = Path("/usr/share/doc")
@@ -90,19 +93,30 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[
 
 
 def test_debian_licences_in_appliance(guest: tuple[Any, list[FileEntry]]) -> None:
-    handle, manifest = guest
-    fs = LibguestfsFS(handle)
+    """The copyright files come in the root's one stream (declared by the check's
+    requirements) and every read of them is served from it."""
+    handle, _manifest = guest
+    h = GuestHandle(handle)
+    index = FileIndex()
+    entries, _ = build_manifest(h, [("/", "/dev/sda")], walk=index)
+    index.finish(h)
+    fs = IndexedFS(index, LibguestfsFS(h))
     pkgs = [
         Package(name=n, version="1", found_by="os/dpkg", purl=f"pkg:deb/debian/{n}@1")
         for n in _host_packages()
     ]
     ctx = ScanContext(
         root=RootResult(device="/dev/sda", os=OSInfo(type="linux", distro="debian"), packages=pkgs),
-        manifest=[m for m in manifest if m.path.startswith("/usr/")],
-        handle=handle,  # the doc tree comes in one tar_out
+        manifest=entries,
     )
-    LicenseCheck().run(fs, ctx)
-    assert not any("one by one" in n for n in ctx.notes), ctx.notes
+    check = LicenseCheck()
+    rep = prefetch(h, fs, ctx, [check])
+    copyrights = [e for e in entries if is_copyright_file(e)]
+    assert rep.tar_out_calls == 1
+    assert rep.blobs_kept == len(copyrights) > 100
+    check.run(fs, ctx)
+    assert not fs.read_fallbacks, fs.read_fallbacks
+    assert fs.streamed_reads >= len(copyrights)
     by = {p.name: p for p in pkgs}
     with_lic = sum(1 for p in pkgs if p.licenses)
     assert with_lic / len(pkgs) >= 0.95, f"{with_lic}/{len(pkgs)}"
@@ -145,7 +159,6 @@ def test_windows_programs_on_disk_in_appliance(guest: tuple[Any, list[FileEntry]
     ctx = ScanContext(
         root=RootResult(device="/dev/sda", os=os_info),
         manifest=[m for m in manifest if m.path.startswith("/Program Files/")],
-        handle=handle,
     )
     findings = LicenseCheck().run(fs, ctx)
     found = {

@@ -28,7 +28,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     before = sha256_file(image)
     tmp = tmp_path_factory.mktemp("stream")
     out: dict[str, Any] = {}
-    for name, checks in (("none", "none"), ("av", "antivirus")):
+    for name, checks in (("none", "none"), ("av", "antivirus,license")):
         path = tmp / f"{name}.json"
         # --no-cache: both runs read every file (the session's cache may know this image).
         args = ["scan", "-q", "--manifest", "--no-cache", "--checks", checks, "-o", str(path)]
@@ -63,6 +63,32 @@ def test_each_file_crosses_once(runs: dict[str, Any]) -> None:
     none = runs["none"]["image"]["sections"]["timings"]["bytes"]
     # (the non-UTF-8 names are hashed from a tar stream there too)
     assert 0.9 * total < none["hashed_in_appliance"] <= total
+
+
+def test_one_tar_out_per_root_feeds_antivirus_and_licence(runs: dict[str, Any]) -> None:
+    """Antivirus and licence check share the root's one stream: one ``tar_out``, the
+    copyright files kept from it and every read of them served from it."""
+    img = runs["av"]["image"]
+    (root,) = img["roots"]
+    stream = root["sections"]["stream"]
+    assert stream["tar_out_calls"] == 1
+    copyrights = [
+        m
+        for m in img["manifest"]
+        if m["path"].startswith("/usr/share/doc/") and m["path"].endswith("/copyright")
+    ]
+    # ... and dpkg's status file, declared by its cataloger.
+    assert stream["blobs_kept"] == len(copyrights) + 1
+    assert len(copyrights) >= 4
+    assert stream["consumers"]["antivirus"] == stream["files_wanted"]
+    index = root["sections"]["index"]
+    assert index["streamed_reads"] >= len(copyrights)
+    lic = {p["name"]: p["licenses"] for p in root["packages"]}
+    assert lic["bash"] == ["GPL-3.0-or-later"]
+    # The only other tar_out of the root: the manifest's, of the folder holding a name
+    # that is not UTF-8 (hashed on its own, tens of KB).
+    assert stream["tar_out_calls_root"] == 2
+    assert 0 < img["sections"]["timings"]["bytes"]["streamed"] - stream["bytes_received"] < 65536
 
 
 def test_eicar_found_from_host_hashed_stream(runs: dict[str, Any]) -> None:

@@ -105,6 +105,11 @@ class GuestFS(Protocol):
 
     def statvfs(self, path: str) -> dict[str, int] | None: ...
 
+    def read_device(self, device: str, size: int, offset: int) -> bytes | None:
+        """*size* bytes of a block device of the image at *offset* (raw volume facts such
+        as NTFS's dirty bit); None when the view has no devices (a host folder)."""
+        ...
+
 
 def read_text(fs: GuestFS, path: str, limit: int = DEFAULT_READ_LIMIT) -> str:
     """Guest text, decoded leniently: guest bytes are untrusted."""
@@ -197,6 +202,9 @@ class HostDirFS:
             out = Path(tmp) / "file"
             out.write_bytes(data)
             yield out
+
+    def read_device(self, device: str, size: int, offset: int) -> bytes | None:
+        return None
 
     def open_hive(self, path: str) -> Hive:
         from vmscan.hive import HostHive
@@ -349,6 +357,10 @@ class LibguestfsFS:
             if out.stat().st_size > limit:
                 raise TooLargeError(f"{path}: over the {limit} byte limit")
             yield out
+
+    def read_device(self, device: str, size: int, offset: int) -> bytes | None:
+        data: bytes = self.g.pread_device(device, min(size, 1 << 20), offset)
+        return data
 
     def open_hive(self, path: str) -> Hive:
         from vmscan.hive import GuestHive

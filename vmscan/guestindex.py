@@ -6,8 +6,10 @@ The manifest's one walk of a root (``find0`` + ``lstatnslist`` per directory, se
 directory holding links. :class:`IndexedFS` answers ``lstat``, ``exists``, ``is_file``,
 ``is_dir``, ``listdir``, ``readlink``, ``glob`` and case-insensitive lookups from it,
 resolving symlinks inside the root like a chroot would (the appliance resolves them the
-same way below its sysroot); reads still go to the appliance through the wrapped
-:class:`vmscan.guestfs_view.LibguestfsFS`.
+same way below its sysroot). Reads of files the root's one content stream delivered (a
+:class:`vmscan.stream.BlobStore`, filled before the plugins run from what they declared)
+are answered from memory; other reads go to the appliance through the wrapped
+:class:`vmscan.guestfs_view.LibguestfsFS`, counted in :attr:`IndexedFS.read_fallbacks`.
 
 Where the walk did not see everything (a directory ``lstatnslist`` failed on, names that
 are not UTF-8 and cannot be passed to libguestfs, a listing over the size cap), lookups
@@ -20,12 +22,16 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import posixpath
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vmscan.errors import TooLargeError
 from vmscan.guestcall import as_handle
 from vmscan.guestfs_view import DEFAULT_READ_LIMIT, Hive, LibguestfsFS, Stat
+from vmscan.stream import BlobStore
 
 #: Symlinks followed while resolving one path (Linux's MAXSYMLINKS).
 MAX_SYMLINKS = 40
@@ -152,11 +158,21 @@ class FileIndex:
 class IndexedFS:
     """A :class:`~vmscan.guestfs_view.GuestFS` answering metadata from a :class:`FileIndex`."""
 
-    def __init__(self, index: FileIndex, backend: LibguestfsFS) -> None:
+    def __init__(
+        self, index: FileIndex, backend: LibguestfsFS, blobs: BlobStore | None = None
+    ) -> None:
         self.index = index
         self.backend = backend
+        #: Contents the root's stream delivered (reads of them cost no round trip).
+        self.blobs = blobs if blobs is not None else BlobStore()
         #: Lookups the index could not answer and the appliance did, by method name.
         self.fallbacks: Counter[str] = Counter()
+        #: Reads the stream had not delivered, made in the appliance, by method name.
+        self.read_fallbacks: Counter[str] = Counter()
+        #: Reads answered from the stream's blobs.
+        self.streamed_reads = 0
+        #: The first paths read from the appliance (for the report: what is left to declare).
+        self.read_fallback_paths: list[str] = []
 
     def _fallback(self, name: str) -> Any:
         self.fallbacks[name] += 1
@@ -260,19 +276,78 @@ class IndexedFS:
             cur = posixpath.join(cur, hit)
         return cur
 
-    # -- reads: the appliance ----------------------------------------------------
+    # -- reads: the stream's blobs, else the appliance --------------------------
+
+    def _read_fallback(self, name: str, path: str) -> None:
+        self.read_fallbacks[name] += 1
+        if len(self.read_fallback_paths) < 20:
+            self.read_fallback_paths.append(path)
+
+    def _blob(self, path: str) -> tuple[int, bytes] | None:
+        if not self.blobs.blobs:
+            return None
+        try:
+            real = self.index.resolve(path, True)
+        except _Gap:
+            return None
+        return None if real is None else self.blobs.get(real)
 
     def read_bytes(self, path: str, limit: int = DEFAULT_READ_LIMIT) -> bytes:
+        got = self._blob(path)
+        if got is not None:
+            size, data = got
+            if size > limit:
+                raise TooLargeError(f"{path}: {size} bytes is over the {limit} byte limit")
+            if len(data) == size:
+                self.streamed_reads += 1
+                return data
+        self._read_fallback("read_bytes", path)
         return self.backend.read_bytes(path, limit)
 
     def read_head(self, path: str, size: int) -> bytes:
+        got = self._blob(path)
+        if got is not None and len(got[1]) >= min(size, got[0]):
+            self.streamed_reads += 1
+            return got[1][:size]
+        self._read_fallback("read_head", path)
         return self.backend.read_head(path, size)
 
+    @contextlib.contextmanager
+    def _blob_file(self, data: bytes) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="vmscan-") as tmp:
+            out = Path(tmp) / "file"
+            out.write_bytes(data)
+            yield out
+
     def materialize(self, path: str, limit: int) -> contextlib.AbstractContextManager[Path]:
+        got = self._blob(path)
+        if got is not None and len(got[1]) == got[0]:
+            if got[0] > limit:
+                raise TooLargeError(f"{path}: {got[0]} bytes is over the {limit} byte limit")
+            self.streamed_reads += 1
+            return self._blob_file(got[1])
+        self._read_fallback("materialize", path)
         return self.backend.materialize(path, limit)
 
     def open_hive(self, path: str) -> Hive:
-        return self.backend.open_hive(path)
+        """A hive the stream delivered is parsed on the host (python3-hivex) from a private
+        copy, removed once it is open; any other goes to the appliance's hivex."""
+        got = self._blob(path)
+        if got is None or len(got[1]) != got[0]:
+            self._read_fallback("open_hive", path)
+            return self.backend.open_hive(path)
+        from vmscan.hive import HostHive
+
+        self.streamed_reads += 1
+        with tempfile.TemporaryDirectory(prefix="vmscan-hive-") as tmp:
+            copy = Path(tmp) / "hive"
+            copy.write_bytes(got[1])
+            # hivex reads the file when it opens it: the copy can go right after.
+            hive: Hive = HostHive(copy, label=path)
+        return hive
+
+    def read_device(self, device: str, size: int, offset: int) -> bytes | None:
+        return self.backend.read_device(device, size, offset)
 
     def statvfs(self, path: str) -> dict[str, int] | None:
         return self.backend.statvfs(path)

@@ -134,15 +134,17 @@ class GuestHive:
 class HostHive:
     """A hive file on the host, through the ``hivex`` Python module (Debian python3-hivex)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, label: str | None = None) -> None:
         self.path = Path(path)
+        #: How messages name the hive (its guest path when the file is a host copy).
+        self.label = label or str(self.path)
         try:
             with open(self.path, "rb") as fh:
                 head = fh.read(4)
         except OSError as e:
-            raise HiveError(f"{self.path}: {e.strerror}") from e
+            raise HiveError(f"{self.label}: {e.strerror}") from e
         if head != REGF_MAGIC:
-            raise HiveError(f"{self.path}: not a registry hive (no regf signature)")
+            raise HiveError(f"{self.label}: not a registry hive (no regf signature)")
         try:
             import hivex
         except ImportError as e:  # pragma: no cover - depends on the host
@@ -165,7 +167,7 @@ class HostHive:
             self._h: Any = _Hivex(str(self.path))
             self._root = int(self._h.root())
         except RuntimeError as e:
-            raise HiveError(f"{self.path}: cannot open hive: {e}") from e
+            raise HiveError(f"{self.label}: cannot open hive: {e}") from e
 
     def __enter__(self) -> HostHive:
         return self
@@ -180,14 +182,14 @@ class HostHive:
         try:
             h = self._h.node_get_child(node, name)
         except RuntimeError as e:
-            raise HiveError(f"{self.path}: {e}") from e
+            raise HiveError(f"{self.label}: {e}") from e
         return int(h) if h else None
 
     def children(self, node: int) -> list[tuple[str, int]]:
         try:
             return [(str(self._h.node_name(c)), int(c)) for c in self._h.node_children(node)]
         except RuntimeError as e:
-            raise HiveError(f"{self.path}: {e}") from e
+            raise HiveError(f"{self.label}: {e}") from e
 
     def values(self, node: int) -> dict[str, tuple[int, bytes]]:
         try:
@@ -198,7 +200,7 @@ class HostHive:
                 out[key] = (int(typ), bytes(data[:VALUE_LIMIT]))
             return out
         except RuntimeError as e:
-            raise HiveError(f"{self.path}: {e}") from e
+            raise HiveError(f"{self.label}: {e}") from e
 
     def close(self) -> None:
         h = getattr(self, "_h", None)

@@ -221,9 +221,14 @@ def build_manifest(
         for i in range(0, len(bases), STAT_BATCH):
             batch = bases[i : i + STAT_BATCH]
             strs = [b.decode("utf-8") for b in batch]
+            known = [listing.stats.get(parent + b"/" + b if parent else b) for b in batch]
             try:
-                with tm.phase("walk"):
-                    stats = g.lstatnslist(dir_str, strs)
+                if all(st is not None for st in known):
+                    # The folder walk stat'ed them already: not twice.
+                    stats = [st for st in known if st is not None]
+                else:
+                    with tm.phase("walk"):
+                        stats = g.lstatnslist(dir_str, strs)
             except ApplianceDiedError:
                 raise  # a dead appliance is not an unreadable file
             except GuestError as e:

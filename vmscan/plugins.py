@@ -3,13 +3,20 @@
 Plugins are registered in explicit tuples (``ALL_CATALOGERS``, ``ALL_CHECKS`` in
 :mod:`vmscan.registry`), never by import side effects. ``NAME`` and ``VERSION`` go
 into the report's plugin status list (bump ``VERSION`` when a plugin's behaviour changes).
+
+Each plugin declares the content it needs (:class:`Requirements`, and for a check that
+takes whole files as they pass, a :class:`vmscan.stream.MemberConsumer`);
+:func:`prefetch` merges them and moves every needed file out of the appliance once, in
+the root's one ``tar_out``, before the plugins run (see :func:`vmscan.stream.stream_root`).
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import fnmatch
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -17,6 +24,7 @@ from typing import Any, Protocol
 
 from vmscan.completeness import PluginState, bound, plugin_status, skipped
 from vmscan.errors import ApplianceDiedError
+from vmscan.filecache import BlobCache
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import (
     FileEntry,
@@ -26,6 +34,14 @@ from vmscan.model import (
     Package,
     PluginStatus,
     RootResult,
+)
+from vmscan.stream import (
+    BLOB_ONLY_MIN,
+    BlobRequest,
+    BlobStore,
+    MemberConsumer,
+    StreamReport,
+    stream_root,
 )
 
 log = logging.getLogger(__name__)
@@ -44,12 +60,61 @@ class ScanContext:
     notes: list[str] = field(default_factory=list)
     # The image being scanned (image-level sections such as ``antivirus`` go here).
     image: ImageResult | None = None
-    # The raw libguestfs handle with this root mounted read-only at "/", for checks
-    # that need bulk transfers (tar_out, checksums_out). None under HostDirFS.
-    handle: Any = None
+    # What a plugin's ``consumer`` prepared before the stream, for its ``run`` (by NAME);
+    # an exception there is the plugin's failure, raised when it runs.
+    prepared: dict[str, Any] = field(default_factory=dict)
 
 
-class Cataloger(abc.ABC):
+#: Default per-file limit of a requirement: bytes kept (the head of a larger file).
+REQUIRED_MAX_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """Content one plugin needs from the root's stream, matched on manifest entries.
+
+    A regular file is needed when its path is in *paths*, matches one of *globs*
+    (``fnmatch``, so ``*`` crosses "/"), or *predicate* says so; at most *max_bytes* of
+    it are kept (its head when larger; with *whole*, a larger file is not kept at all:
+    its reader wants all of it and reads it from the appliance). *persist*: whole files
+    are also kept by content in the cache database (``doc_blobs``), so that a rescan or a
+    clone is served from there instead of streaming them again. *if_streamed*: kept only
+    when the file passes in the stream anyway (the heads of executables: a ``tar_out``
+    carries whole files, so asking for a head alone would cost the whole file).
+    """
+
+    paths: frozenset[str] = frozenset()
+    globs: tuple[str, ...] = ()
+    predicate: Callable[[FileEntry], bool] | None = None
+    max_bytes: int = REQUIRED_MAX_BYTES
+    whole: bool = False
+    persist: bool = False
+    if_streamed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.paths or self.globs or self.predicate)
+
+    def matches(self, e: FileEntry) -> bool:
+        if e.path in self.paths:
+            return True
+        if any(fnmatch.fnmatchcase(e.path, g) for g in self.globs):
+            return True
+        return self.predicate is not None and self.predicate(e)
+
+
+class _Plugin:
+    NAME: str = ""
+
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """Files whose content this plugin reads (served from the stream): none by default."""
+        return ()
+
+    def consumer(self, fs: GuestFS, ctx: ScanContext) -> MemberConsumer | None:
+        """Takes whole files as the stream passes (the antivirus scanner); None here."""
+        return None
+
+
+class Cataloger(_Plugin, abc.ABC):
     """Finds installed packages of one format. Pure parsing lives in separate functions."""
 
     NAME: str = ""
@@ -64,7 +129,7 @@ class Cataloger(abc.ABC):
         """Packages found; raise only for a fatal failure, add notes for partial ones."""
 
 
-class Check(abc.ABC):
+class Check(_Plugin, abc.ABC):
     """Produces findings for one root from the guest, packages and manifest."""
 
     NAME: str = ""
@@ -75,8 +140,113 @@ class Check(abc.ABC):
         """Findings; may also put a section into ``ctx.root.sections``."""
 
 
+def _is_regular(e: FileEntry) -> bool:
+    return e.error is None and (e.mode & 0o170000) == 0o100000
+
+
+def prefetch(
+    handle: Any,
+    fs: Any,
+    ctx: ScanContext,
+    plugins: Iterable[_Plugin],
+    hash_paths: Iterable[str] = (),
+    blob_only_min: int = BLOB_ONLY_MIN,
+) -> StreamReport:
+    """Merge what *plugins* need and move it out of the appliance in ONE ``tar_out``.
+
+    *fs* is the root's :class:`vmscan.guestindex.IndexedFS`: the blobs land in its store.
+    Consumers (in plugin order) take whole files; requirements' files are kept as blobs
+    (those the blob cache already holds by hash are served from there, not streamed);
+    *hash_paths* are hashed on the host as they pass. A plugin whose consumer could not
+    be made fails when it runs, with that error.
+    """
+    # The indexed view serves reads from its store; another view only feeds consumers.
+    blobs: BlobStore = getattr(fs, "blobs", None) or BlobStore()
+    consumers: dict[str, MemberConsumer] = {}
+    wanted: list[Requirements] = []
+    for p in plugins:
+        try:
+            c = p.consumer(fs, ctx)
+        except Exception as err:  # the plugin fails when it runs, not the image
+            log.debug("consumer of %s failed", p.NAME, exc_info=True)
+            ctx.prepared[p.NAME] = err
+            c = None
+        if c is not None:
+            consumers[p.NAME] = c
+        wanted.extend(r for r in p.requirements(ctx) if r)
+    requests: dict[str, BlobRequest] = {}
+    for e in ctx.manifest:
+        if not _is_regular(e):
+            continue
+        hits = [r for r in wanted if not (r.whole and e.size > r.max_bytes) and r.matches(e)]
+        if hits:
+            requests[e.path] = BlobRequest(
+                max(r.max_bytes for r in hits),
+                any(r.persist for r in hits),
+                all(r.if_streamed for r in hits),
+            )
+    cache_db = ctx.options.get("state_db")
+    if cache_db:
+        _from_blob_cache(str(cache_db), ctx, requests, blobs)
+    rep = stream_root(handle, ctx.manifest, consumers, requests, blobs, hash_paths, blob_only_min)
+    if cache_db:
+        _into_blob_cache(str(cache_db), ctx, requests, blobs)
+    return rep
+
+
+def _from_blob_cache(
+    cache_db: str, ctx: ScanContext, requests: dict[str, BlobRequest], blobs: BlobStore
+) -> None:
+    """Persistent requests whose content the cache holds: served from it, not streamed."""
+    entries = {e.path: e for e in ctx.manifest if e.path in requests and requests[e.path].persist}
+    hashes = {e.sha256.lower() for e in entries.values() if e.sha256}
+    if not hashes:
+        return
+    try:
+        cache = BlobCache(cache_db)
+        try:
+            got = cache.get(hashes)
+        finally:
+            cache.close()
+    except sqlite3.Error as err:
+        log.info("blob cache unusable (%s): files streamed", err)
+        return
+    for path, e in entries.items():
+        data = got.get((e.sha256 or "").lower())
+        if data is not None and len(data) == e.size and blobs.put(path, e.size, data):
+            del requests[path]
+
+
+def _into_blob_cache(
+    cache_db: str, ctx: ScanContext, requests: dict[str, BlobRequest], blobs: BlobStore
+) -> None:
+    """Keep the whole files of persistent requests by content for the next scan."""
+    keep = []
+    for path, req in requests.items():
+        got = blobs.get(path)
+        if req.persist and got is not None and len(got[1]) == got[0]:
+            keep.append(got[1])
+    if not keep:
+        return
+    try:
+        cache = BlobCache(cache_db)
+        try:
+            cache.put(keep)
+        finally:
+            cache.close()
+    except sqlite3.Error as e:
+        log.info("blob cache not updated: %s", e)
+
+
 def _died(name: str, why: str, version: str = "") -> PluginStatus:
     return PluginStatus(name, PluginState.FAILED.value, bound(why), version)
+
+
+def _raise_prepared(ctx: ScanContext, name: str) -> None:
+    """The error the plugin's consumer met before the stream, as its own failure."""
+    got = ctx.prepared.get(name)
+    if isinstance(got, Exception):
+        raise got
 
 
 class _PhaseClock(Protocol):
@@ -110,6 +280,7 @@ def run_plugins(
     for cat in catalogers:
 
         def run_cat(cat: Any = cat) -> bool:
+            _raise_prepared(ctx, cat.NAME)
             if not cat.applies(fs, ctx.root.os):
                 return False
             ctx.root.packages.extend(cat.catalog(fs, ctx))
@@ -119,6 +290,7 @@ def run_plugins(
     for check in checks:
 
         def run_check(check: Any = check) -> bool:
+            _raise_prepared(ctx, check.NAME)
             ctx.root.findings.extend(check.run(fs, ctx))
             return True
 

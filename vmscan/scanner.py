@@ -45,7 +45,7 @@ from vmscan.model import (
     RootResult,
     ScanResult,
 )
-from vmscan.plugins import ScanContext, run_plugins
+from vmscan.plugins import ScanContext, prefetch, run_plugins
 from vmscan.proc import Budget, set_pdeathsig
 from vmscan.session import GuestSession
 from vmscan.source.domain import DEFAULT_URI, is_domain_source, open_domain
@@ -134,17 +134,33 @@ def _no_appliance() -> bool:
 
 
 def _run_plugins(
-    fs: Any, ctx: ScanContext, opts: ScanOptions, alive: Callable[[], bool] = _no_appliance
+    fs: Any,
+    ctx: ScanContext,
+    opts: ScanOptions,
+    alive: Callable[[], bool] = _no_appliance,
+    stream: tuple[Any, list[str]] | None = None,
 ) -> None:
-    """:func:`vmscan.plugins.run_plugins` with this run's selection and the image's clock."""
+    """:func:`vmscan.plugins.run_plugins` with this run's selection and the image's clock.
+
+    *stream* ``(handle, paths to hash on the host)``: first move what the selected
+    plugins need out of the appliance in the root's one stream (:func:`prefetch`).
+    """
     from vmscan.registry import all_checks, catalogers_for
 
     chosen = [c for c in all_checks() if c.NAME in opts.checks]
     others = [c for c in all_checks() if c.NAME not in opts.checks]
+    cats = catalogers_for(opts.checks)
     tm = _timings_of(ctx.image)
-    run_plugins(
-        fs, ctx, catalogers_for(opts.checks), chosen, alive, not_selected=others, timings=tm
-    )
+    if stream is not None and alive():
+        handle, hash_paths = stream
+        try:
+            with tm.phase("stream"):
+                rep = prefetch(handle, fs, ctx, [*cats, *chosen], hash_paths)
+            ctx.root.sections["stream"] = rep.to_dict()
+        except Exception as e:  # the plugins then read for themselves; never the image
+            log.warning("content stream of %s failed", ctx.root.device, exc_info=True)
+            ctx.root.sections["stream"] = {"error": bound(f"{type(e).__name__}: {e}")}
+    run_plugins(fs, ctx, cats, chosen, alive, not_selected=others, timings=tm)
 
 
 def _scan_mounted(
@@ -160,6 +176,7 @@ def _scan_mounted(
     assert g is not None
     tm = _timings_of(result)
     tm.start_root(root.device)
+    tar_calls0 = TarStream.calls
     cache = _open_file_cache(opts, result)
     streaming = "antivirus" in opts.checks
     # With the antivirus check, files are hashed on the host in its content stream (one
@@ -218,23 +235,32 @@ def _scan_mounted(
         options=dict(opts.plugin_options),
         image_facts=facts,
         image=result,
-        handle=g,
     )
     # The verdict cache lives beside the hash cache: a clone's files keep their verdicts.
     ctx.options.setdefault("state_db", opts.state_db or (opts.cache_db if cache else None))
     fs = IndexedFS(index, LibguestfsFS(g))
-    _run_plugins(fs, ctx, opts, sess.alive)
+    # Files nobody else takes are hashed in the same stream, unless most are still to
+    # hash and nothing needs their content on the host (checksums_out is faster then).
+    unhashed = [e.path for e in entries if e.sha256 is None and e.error is None]
+    host_hash = streaming or 2 * len(unhashed) <= len(entries)
+    _run_plugins(fs, ctx, opts, sess.alive, stream=(g, unhashed if host_hash else []))
     root.sections["index"] = {
         "entries": len(index.stats),
         "symlinks": len(index.links),
         "walk_calls": index_calls,
         "gaps": sorted(index.gaps)[:50],
         "non_utf8_dirs": sorted(index.foreign)[:50],
-        # Lookups the index could not answer, answered by the appliance instead.
-        "fallbacks": dict(sorted(fs.fallbacks.items())),
+        # Lookups the index could not answer and reads the stream had not delivered,
+        # answered by the appliance instead.
+        "fallbacks": dict(sorted((fs.fallbacks + fs.read_fallbacks).items())),
+        "streamed_reads": fs.streamed_reads,
+        "read_fallback_paths": fs.read_fallback_paths,
     }
     for p in hash_pending(g, entries, tm, in_appliance=not streaming)[:50]:
         result.errors.append(p)
+    # Every tar_out of this root: the stream's, and those of the manifest (folders
+    # holding names that are not UTF-8) and of hash_pending (files still unhashed).
+    root.sections.setdefault("stream", {})["tar_out_calls_root"] = TarStream.calls - tar_calls0
     if cache is not None:
         try:
             with tm.phase("hash_cache"):

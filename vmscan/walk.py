@@ -20,7 +20,10 @@ the report names every folder that was not walked: a cut is never a clean negati
 When ``find0`` itself fails (the daemon's 8 KiB limit, or any other failure of the one
 call), :func:`folder_walk` lists the tree folder by folder (``ls0`` and ``lstatnslist``,
 two calls per folder) and stops at the same limits before it asks for a path the daemon
-cannot carry. It is slower (about 10 ms a folder under TCG), so it is only the fallback.
+cannot carry. The stats it took to find the subfolders travel in the listing
+(:attr:`Listing.stats`), so the manifest does not stat the same entries again: each
+entry is stat'ed once. It is slower (about 10 ms a folder under TCG), so it is only the
+fallback.
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ class Listing:
     cuts: list[Cut] = field(default_factory=list)
     #: "find0", or "folder walk" when find0 could not be used.
     how: str = "find0"
+    #: ``lstatns`` dicts the walk already has (the folder walk's), by relative path.
+    stats: dict[bytes, dict[str, Any]] = field(default_factory=dict)
 
 
 def _depth(rel: bytes) -> int:
@@ -221,6 +226,9 @@ def _subfolders(g: Any, gdir: str, rels: list[bytes], out: Listing) -> list[byte
             # Listed, so the manifest stats them again and records the failure per entry.
             log.info("%s: cannot stat entries: %s", gdir, e)
             continue
+        if len(stats) == len(batch):
+            # Kept for the manifest (a short answer: it stats them again itself).
+            out.stats.update(zip(batch, stats, strict=True))
         pairs = zip(batch, stats, strict=False)
         found.extend(r for r, st in pairs if statmod.S_ISDIR(st["st_mode"]))
     return found

@@ -45,13 +45,13 @@ from vmscan.av.clamd_client import (
 )
 from vmscan.av.clamd_manager import ClamdLimits
 from vmscan.av.magic import HEAD_SIZE, classify, in_scope
-from vmscan.av.paths import decode_path, encode_path
+from vmscan.av.paths import decode_path
 from vmscan.av.signatures import HashSignature, match_hash, normalize_name
 from vmscan.errors import GuestError, GuestReadError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import FileEntry
 from vmscan.pe import MAX_PE_SIZE, PEInfo, is_pe, pe_info
-from vmscan.stream import TarStream, build_excludes
+from vmscan.stream import BlobStore, stream_root
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,17 @@ class RootScanner:
     # ---- planning ------------------------------------------------------------------------
 
     def scan(self, fs: GuestFS, handle: Any, manifest: list[FileEntry]) -> RootAvResult:
-        res = RootAvResult(files_total=len(manifest))
+        """Plan, stream (one ``tar_out`` with a handle, else one read per file), finish."""
+        self.plan(fs, manifest)
+        if handle is not None:
+            stream_root(handle, manifest, {"antivirus": self}, {}, BlobStore())
+        return self.finish(fs)
+
+    def plan(self, fs: GuestFS, manifest: list[FileEntry]) -> None:
+        """Decide, before the stream, which contents need it (the rest have a verdict)."""
+        self._fs = fs
+        self._manifest = manifest
+        res = self._res = RootAvResult(files_total=len(manifest))
         by_sha: dict[str, list[FileEntry]] = {}
         unhashed: list[_Pending] = []
         for e in manifest:
@@ -321,21 +331,72 @@ class RootScanner:
                 )
                 continue
             pending[sha] = _Pending(sha, first, entries)
-        pe_known = self._pe_from_cache(res, by_sha, kinds_known)
-        self._pe_known = pe_known
-        todo = {p.key: p for p in [*pending.values(), *unhashed]}
-        if todo:
+        self._pe_known = self._pe_from_cache(res, by_sha, kinds_known)
+        self._by_sha, self._kinds_known = by_sha, kinds_known
+        self._todo = {p.key: p for p in [*pending.values(), *unhashed]}
+        self._by_path = {p.entry.path: p for p in self._todo.values()}
+        self._taken: set[str] = set()
+        self._streamed = False
+        self._ended = False
+
+    # ---- the stream's consumer (vmscan.stream.MemberConsumer) -----------------------------
+
+    def wanted(self) -> list[str]:
+        """Paths of the contents to stream: one file per content."""
+        if self._todo:
+            self._streamed = True
+            self._res.method = "tar_out"
+            self._t0 = time.monotonic()
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="vmscan-clamd")
+            self._slots = threading.BoundedSemaphore(self.streams * 2)
+            self._futures: list[Future[None]] = []
+        return list(self._by_path)
+
+    def active(self) -> bool:
+        return not self.link.dead and len(self._taken) < len(self._todo)
+
+    def take(self, entry: FileEntry, size: int, fh: IO[bytes]) -> bool:
+        p = self._by_path.get(entry.path)
+        if p is None or p.key in self._taken or self.link.dead:
+            return False
+        self._taken.add(p.key)
+        self._feed(self._res, p, size, fh, self._pool, self._slots, self._futures)
+        return True
+
+    def done(self, error: str | None, taken: set[str]) -> None:
+        """The stream ended: wait for clamd's answers, then read what it did not bring."""
+        if self._ended or not self._streamed:
+            return
+        self._ended = True
+        try:
+            for f in self._futures:
+                f.result()
+        finally:
+            self._pool.shutdown(wait=True)
+        res = self._res
+        if error:
+            res.notes.append(f"tar_out: {error}")
+        missing = [p for k, p in self._todo.items() if k not in self._taken] + self._retry
+        self._retry = []
+        if missing:
+            self._scan_each(self._fs, missing, self._todo, res)
+        res.stream_seconds = time.monotonic() - self._t0
+
+    def finish(self, fs: GuestFS) -> RootAvResult:
+        """After the stream: contents not delivered read one by one, PE facts, the cache."""
+        res = self._res
+        if self._todo and not self._streamed:
+            # No stream ran (a host folder): one read per file.
             t0 = time.monotonic()
-            if handle is not None:
-                self._scan_tar(fs, handle, manifest, todo, res)
-            else:
-                res.method = "read_bytes"
-                self._scan_each(fs, list(todo.values()), todo, res)
+            res.method = "read_bytes"
+            self._scan_each(fs, list(self._todo.values()), self._todo, res)
             res.stream_seconds = time.monotonic() - t0
+        elif self._streamed and not self._ended:
+            self.done("the stream did not end", set())
         if self.collect_pe:
-            self._pe_extra(fs, res, by_sha, kinds_known, pe_known)
+            self._pe_extra(fs, res, self._by_sha, self._kinds_known, self._pe_known)
         # Safety net: a file with no verdict is never silently taken for clean.
-        for e in manifest:
+        for e in self._manifest:
             if e.path not in res.outcomes:
                 res.outcomes[e.path] = (
                     e,
@@ -455,51 +516,6 @@ class RootScanner:
                 self._pe_rows.append((p.sha256, d))
 
     # ---- content sources -------------------------------------------------------------------
-
-    def _scan_tar(
-        self,
-        fs: GuestFS,
-        handle: Any,
-        manifest: list[FileEntry],
-        pending: dict[str, _Pending],
-        res: RootAvResult,
-    ) -> None:
-        res.method = "tar_out"
-        keep = {p.entry.path for p in pending.values()}
-        by_path = {p.entry.path: p for p in pending.values()}
-        excludes = build_excludes(manifest, keep)
-        src = TarStream(handle, excludes)
-        done: set[str] = set()
-        finished = False
-        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="vmscan-clamd")
-        slots = threading.BoundedSemaphore(self.streams * 2)
-        futures: list[Future[None]] = []
-        try:
-            for raw, member, tf in src.members():
-                # Stop the transfer when clamd is gone or nothing more is wanted from it.
-                if self.link.dead or len(done) == len(pending):
-                    break
-                p = by_path.get(encode_path(raw))
-                if p is None or p.key in done or not member.isreg():
-                    continue
-                done.add(p.key)
-                fh = tf.extractfile(member)
-                if fh is None:
-                    continue
-                self._feed(res, p, member.size, fh, pool, slots, futures)
-            else:
-                finished = True
-        finally:
-            src.close(cancel=not finished)
-            for f in futures:
-                f.result()
-            pool.shutdown(wait=True)
-        if src.error and finished:
-            res.notes.append(f"tar_out: {src.error}")
-        missing = [p for s, p in pending.items() if s not in done] + self._retry
-        self._retry = []
-        if missing:
-            self._scan_each(fs, missing, pending, res)
 
     def _scan_each(
         self, fs: GuestFS, items: list[_Pending], pending: dict[str, _Pending], res: RootAvResult

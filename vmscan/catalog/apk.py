@@ -17,7 +17,7 @@ from vmscan.catalog.common import (
 from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import OSInfo, Package
-from vmscan.plugins import Cataloger, ScanContext
+from vmscan.plugins import Cataloger, Requirements, ScanContext
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,11 @@ class ApkCataloger(Cataloger):
     """Alpine packages."""
 
     NAME = NAME
+
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """The installed database, whole."""
+        return (Requirements(paths=frozenset({INSTALLED}), max_bytes=TEXT_DB_LIMIT, whole=True),)
+
     VERSION = "1"
 
     def applies(self, fs: GuestFS, os_info: OSInfo) -> bool:

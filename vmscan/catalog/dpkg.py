@@ -21,8 +21,8 @@ from vmscan.catalog.common import (
 from vmscan.completeness import info, join_notes
 from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS
-from vmscan.model import OSInfo, Package
-from vmscan.plugins import Cataloger, ScanContext
+from vmscan.model import FileEntry, OSInfo, Package
+from vmscan.plugins import Cataloger, Requirements, ScanContext
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,22 @@ def _debian_like(os_info: OSInfo) -> bool:
     return bool(words & {"deb", "dpkg", "apt", "debian", "ubuntu"})
 
 
+def _status_file(e: FileEntry) -> bool:
+    if e.path == STATUS:
+        return True
+    parent, _, name = e.path.rpartition("/")
+    return parent == STATUS_D and not name.endswith(".md5sums")
+
+
 class DpkgCataloger(Cataloger):
     """Debian/Ubuntu packages from the dpkg database."""
 
     NAME = NAME
     VERSION = "1"
+
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """The status file and status.d paragraphs (not their md5sums), whole."""
+        return (Requirements(predicate=_status_file, max_bytes=TEXT_DB_LIMIT, whole=True),)
 
     def applies(self, fs: GuestFS, os_info: OSInfo) -> bool:
         return fs.is_file(STATUS) or fs.is_dir(STATUS_D)

@@ -14,7 +14,7 @@ from vmscan.errors import GuestReadError, VmscanError
 from vmscan.guestfs_view import GuestFS, Hive
 from vmscan.hive import HiveError, lookup, reg_int, reg_str
 from vmscan.model import OSInfo, Package
-from vmscan.plugins import Cataloger, ScanContext
+from vmscan.plugins import Cataloger, Requirements, ScanContext
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +215,26 @@ def damaged_message(path: str, detail: str) -> str:
     )
 
 
+#: Hives read by the Windows cataloger and checks; whole, so that they parse on the host.
+HIVE_STREAM_LIMIT = 256 * 1024 * 1024
+_HIVE_RE = re.compile(r"^/(windows|winnt)/system32/config/(software|system)$", re.IGNORECASE)
+
+
 class WindowsCataloger(Cataloger):
     """Programs from the registry Uninstall keys; Windows facts into ``root.os.extra``."""
 
     NAME = NAME
     VERSION = "1"
+
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """The SOFTWARE and SYSTEM hives (any case), whole: parsed on the host."""
+        return (
+            Requirements(
+                predicate=lambda e: bool(_HIVE_RE.match(e.path)),
+                max_bytes=HIVE_STREAM_LIMIT,
+                whole=True,
+            ),
+        )
 
     def applies(self, fs: GuestFS, os_info: OSInfo) -> bool:
         # By presence: also on a data volume ("none"), where inspection may have given up

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,47 @@ def av_finding(
     )
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """The check could not be prepared: *error* is raised when it runs."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The root's scan, planned before the stream and finished when the check runs."""
+
+    scanner: RootScanner
+    cache: VerdictCache | None
+    version: str
+    digest: str
+    address: str
+    managed: bool
+    scope: frozenset[str] | None
+    #: Notes made while preparing (before the plugin's own note list exists).
+    notes: list[str]
+
+
 class AntivirusCheck(Check):
     """ClamAV over every regular file of the root, with vmscan's own signatures."""
 
     NAME = "antivirus"
     VERSION = "1"
+
+    def consumer(self, fs: GuestFS, ctx: ScanContext) -> RootScanner | None:
+        """Plan the root's scan before its one stream; the scanner takes the members.
+
+        A failure here (no clamd) is kept and raised by :meth:`run`, which then writes
+        the section that says nothing was scanned.
+        """
+        try:
+            prep = self._prepare(fs, ctx)
+        except Exception as e:
+            ctx.prepared[self.NAME] = _Failed(e)
+            return None
+        ctx.prepared[self.NAME] = prep
+        return prep.scanner
 
     def run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
         """Scan the root; when that cannot happen, every file is counted as not scanned.
@@ -160,7 +197,23 @@ class AntivirusCheck(Check):
             )
 
     def _run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
+        prep = ctx.prepared.pop(self.NAME, None)
+        if isinstance(prep, _Failed):
+            raise prep.error
+        if not isinstance(prep, _Prepared):
+            # Run on its own (no stream before it): one read per file through the view.
+            prep = self._prepare(fs, ctx)
+        ctx.notes.extend(prep.notes)
+        try:
+            res = prep.scanner.finish(fs)
+        finally:
+            if prep.cache is not None:
+                prep.cache.close()
+        return self._report(res, prep, ctx)
+
+    def _prepare(self, fs: GuestFS, ctx: ScanContext) -> _Prepared:
         opts = ctx.options
+        notes: list[str] = []
         address = opts.get("clamd")
         if not address:
             raise ClamdUnavailable(
@@ -193,7 +246,7 @@ class AntivirusCheck(Check):
                 )
                 cache = VerdictCache(str(opts["state_db"]), digest, key)
             except Exception as e:
-                ctx.notes.append(f"antivirus: verdict cache unavailable: {e}")
+                notes.append(f"antivirus: verdict cache unavailable: {e}")
         link = ClamdLink(
             ClamdClient(address, timeout=float(opts.get("clamd_timeout") or 300)),
             managed=managed,
@@ -209,12 +262,18 @@ class AntivirusCheck(Check):
             streams=int(opts.get("av_streams") or 4),
         )
         try:
-            res = scanner.scan(fs, ctx.handle, ctx.manifest)
-        finally:
+            scanner.plan(fs, ctx.manifest)
+        except BaseException:
             if cache is not None:
                 cache.close()
+            raise
+        return _Prepared(scanner, cache, version, digest, str(address), managed, scope, notes)
+
+    def _report(self, res: RootAvResult, prep: _Prepared, ctx: ScanContext) -> list[Finding]:
         findings = self._findings(res)
-        section = self._section(res, version, digest, address, managed, scope)
+        section = self._section(
+            res, prep.version, prep.digest, prep.address, prep.managed, prep.scope
+        )
         ctx.root.sections["antivirus"] = section
         if res.pe:
             ctx.root.sections["pe"] = sorted(res.pe, key=lambda r: str(r["path"]))

@@ -17,8 +17,7 @@ from typing import Any
 
 from vmscan.completeness import Info, info, relabel
 from vmscan.guestfs_view import GuestFS, Stat
-from vmscan.license.copyright import read_package_copyright
-from vmscan.license.doctree import prefetched_docs
+from vmscan.license.copyright import COPYRIGHT_LIMIT, is_copyright_file, read_package_copyright
 from vmscan.license.policy import (
     Decision,
     Policy,
@@ -37,7 +36,7 @@ from vmscan.license.windows_inventory import (
     os_edition,
 )
 from vmscan.model import Finding, Package, Severity
-from vmscan.plugins import Check, ScanContext
+from vmscan.plugins import Check, Requirements, ScanContext
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +170,11 @@ class LicenseCheck(Check):
     NAME = CHECK
     VERSION = "1"
 
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """dpkg's copyright files, up to the parser's limit (the head of a larger one),
+        kept by content so that a rescan or a clone is served from the cache database."""
+        return (Requirements(predicate=is_copyright_file, max_bytes=COPYRIGHT_LIMIT, persist=True),)
+
     def run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
         policy = load_policy(ctx.options)
         lmap = default_map(ctx.options.get("license_map"))
@@ -217,14 +221,8 @@ class LicenseCheck(Check):
                     )
                 )
 
-        if any(package_kind(p) == "dpkg" for p in ctx.root.packages):
-            cache_db = ctx.options.get("state_db")
-            with prefetched_docs(
-                ctx.handle, fs, ctx.manifest, notes, str(cache_db) if cache_db else None
-            ) as docfs:
-                fill_licences(docfs, ctx.root.packages, lmap, notes)
-        else:
-            fill_licences(fs, ctx.root.packages, lmap, notes)
+        # dpkg's copyright files came in the root's one stream (requirements above).
+        fill_licences(fs, ctx.root.packages, lmap, notes)
 
         counts: Counter[str] = Counter()
         for pkg in ctx.root.packages:

@@ -22,6 +22,7 @@ from vmscan.completeness import info
 from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS, Stat
 from vmscan.license.spdx_map import LicenseMap, default_map
+from vmscan.model import FileEntry
 
 log = logging.getLogger(__name__)
 # python-debian warns on every old Format URL ("Fixing Format URL"): hundreds of lines per
@@ -401,6 +402,11 @@ def parse_copyright(data: bytes, lmap: LicenseMap | None = None) -> CopyrightLic
 
 
 # -- guest access --------------------------------------------------------------------
+
+
+def is_copyright_file(fe: FileEntry) -> bool:
+    """A dpkg copyright file (``/usr/share/doc/<package>/copyright``, at any depth below)."""
+    return fe.path.startswith(DOC_ROOT + "/") and posixpath.basename(fe.path) == "copyright"
 
 
 def resolve_in_guest(

@@ -23,7 +23,7 @@ from vmscan.completeness import bound, info
 from vmscan.errors import GuestReadError, TooLargeError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import OSInfo, Package
-from vmscan.plugins import Cataloger, ScanContext
+from vmscan.plugins import Cataloger, Requirements, ScanContext
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,13 @@ class RpmCataloger(Cataloger):
     """RPM-based distributions (Fedora, RHEL and rebuilds, SUSE, Mariner, Amazon)."""
 
     NAME = NAME
+
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """Every database file rpm may use (and sqlite's WAL), whole up to the limit."""
+        limit = int(ctx.options.get("rpmdb_limit", RPMDB_LIMIT))
+        paths = {f"{d}/{f}{wal}" for d in RPM_DIRS for _b, f in DB_FILES for wal in ("", "-wal")}
+        return (Requirements(paths=frozenset(paths), max_bytes=limit, whole=True),)
+
     VERSION = "1"
 
     def applies(self, fs: GuestFS, os_info: OSInfo) -> bool:

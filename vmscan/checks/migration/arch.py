@@ -25,25 +25,26 @@ from vmscan.checks.migration.common import (
 )
 from vmscan.checks.migration.rules import ARCH_16BIT_EXE, ARCH_32BIT_EXE, ARCH_32BIT_OS, arch_bits
 from vmscan.errors import VmscanError
+from vmscan.model import FileEntry
+
+
+def exe_candidate(e: FileEntry, windows: bool) -> bool:
+    """Is *e* an executable whose header the architecture step reads?"""
+    # Modes with file-type bits must say "regular"; bare permission bits are accepted.
+    if e.size < 64 or (statmod.S_IFMT(e.mode) and not statmod.S_ISREG(e.mode)):
+        return False
+    p = e.path
+    if windows:
+        # The OS's own files (System32, SysWOW64, WinSxS) are what WOW64 is for.
+        low = p.lower()
+        return low.endswith(PE_EXTS) and not low.startswith(("/windows/", "/winnt/"))
+    parts = p.split("/")
+    in_exec_dir = any(d in EXEC_DIRS for d in parts[:-1]) or p.startswith("/opt/")
+    return bool((in_exec_dir and e.mode & 0o111) or (in_exec_dir and SO_RE.search(parts[-1])))
 
 
 def _exe_candidates(r: Run, windows: bool) -> list[str]:
-    out: list[str] = []
-    for e in r.ctx.manifest:
-        # Modes with file-type bits must say "regular"; bare permission bits are accepted.
-        if e.size < 64 or (statmod.S_IFMT(e.mode) and not statmod.S_ISREG(e.mode)):
-            continue
-        p = e.path
-        low = p.lower()
-        if windows:
-            # The OS's own files (System32, SysWOW64, WinSxS) are what WOW64 is for.
-            if low.endswith(PE_EXTS) and not low.startswith(("/windows/", "/winnt/")):
-                out.append(p)
-        else:
-            parts = p.split("/")
-            in_exec_dir = any(d in EXEC_DIRS for d in parts[:-1]) or p.startswith("/opt/")
-            if (in_exec_dir and e.mode & 0o111) or (in_exec_dir and SO_RE.search(parts[-1])):
-                out.append(p)
+    out = [e.path for e in r.ctx.manifest if exe_candidate(e, windows)]
     out.sort(key=lambda p: (0 if PRIORITY_RE.search(p) else 1, p))
     return out
 

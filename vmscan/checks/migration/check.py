@@ -6,10 +6,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmscan.checks.migration.arch import arch
+from vmscan.checks.migration.arch import arch, exe_candidate
+from vmscan.checks.migration.binaries import HEAD_SIZE
 from vmscan.checks.migration.boot import boot_linux, boot_windows
 from vmscan.checks.migration.capacity import capacity
-from vmscan.checks.migration.common import Run
+from vmscan.checks.migration.common import INITRAMFS_LIMIT, Run
 from vmscan.checks.migration.drivers import drivers_linux, drivers_windows
 from vmscan.checks.migration.lifecycle import lifecycle, windows_state
 from vmscan.checks.migration.network import network_linux, network_windows
@@ -54,7 +55,7 @@ from vmscan.checks.migration.tools import tools
 from vmscan.errors import VmscanError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import Finding
-from vmscan.plugins import Check, ScanContext
+from vmscan.plugins import Check, Requirements, ScanContext
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,55 @@ PLANS: dict[str, tuple[tuple[Rule, ...], tuple[Step, ...]]] = {
 }
 
 
+#: What the Linux steps read with ``Run.text`` (fnmatch: ``*`` also crosses "/").
+_CONFIG_GLOBS = (
+    "/etc/fstab",
+    "/etc/crypttab",
+    "/etc/udev/rules.d/*.rules",
+    "/etc/sysconfig/network-scripts/ifcfg-*",
+    "/etc/sysconfig/network/ifcfg-*",
+    "/etc/netplan/*.yaml",
+    "/etc/netplan/*.yml",
+    "/etc/NetworkManager/system-connections/*",
+    "/etc/systemd/network/*.link",
+    "/etc/systemd/network/*.network",
+    "/etc/systemd/network/*.netdev",
+    "/etc/network/interfaces",
+    "/etc/network/interfaces.d/*",
+    "/etc/dracut.conf",
+    "/etc/dracut.conf.d/*.conf",
+    "/lib/modules/*/modules.builtin",
+    "/lib/modules/*/modules.dep",
+    "/usr/lib/modules/*/modules.builtin",
+    "/usr/lib/modules/*/modules.dep",
+    "/boot/config-*",
+)
+_INITRAMFS_GLOBS = ("/boot/initrd.img-*", "/boot/initramfs-*", "/boot/initrd-*")
+
+
 class MigrationCheck(Check):
     """Pre-migration audit of one root (see :data:`ALL_RULES`)."""
 
     NAME = "migration"
     VERSION = "1"
+
+    def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
+        """Its configuration files and kernel module lists (whole, up to the largest read
+        limit: the reads' own limits still apply); initramfs images and the heads of
+        executables only when they pass in the stream anyway (a tar_out carries whole
+        files: a head alone would cost the whole file)."""
+        windows = ctx.root.os.type == "windows"
+        return (
+            Requirements(globs=_CONFIG_GLOBS, max_bytes=16 * 1024 * 1024, whole=True),
+            Requirements(
+                globs=_INITRAMFS_GLOBS, max_bytes=INITRAMFS_LIMIT, whole=True, if_streamed=True
+            ),
+            Requirements(
+                predicate=lambda e: exe_candidate(e, windows),
+                max_bytes=HEAD_SIZE,
+                if_streamed=True,
+            ),
+        )
 
     def run(self, fs: GuestFS, ctx: ScanContext) -> list[Finding]:
         r = Run(fs, ctx)

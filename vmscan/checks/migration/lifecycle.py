@@ -82,6 +82,10 @@ def lifecycle(r: Run) -> None:
         )
 
 
+class _NoDevices(Exception):
+    """The view has no block devices (a host folder): raw volume facts are not checked."""
+
+
 def windows_state(r: Run) -> None:
     fs = r.fs
     sysroot = r.facts.get("systemroot") or "/Windows"
@@ -109,37 +113,38 @@ def windows_state(r: Run) -> None:
                 file=hib,
                 text=f"hiberfil.sys present ({state['hibernation']})",
             )
-    # NTFS dirty flag: raw volume reads, only possible with the appliance handle.
+    # NTFS dirty flag: raw volume reads, only possible with block devices behind the view.
     dirty: dict[str, Any] = {}
-    g = r.ctx.handle
     ntfs = [
         f["device"] for f in r.ctx.image_facts.get("filesystems") or [] if f.get("type") == "ntfs"
     ] or [r.ctx.root.device]
-    if g is None:
-        state["ntfs_dirty"] = "not checked (no appliance handle)"
-    else:
-        for dev in ntfs:
+    for dev in ntfs:
 
-            def read(off: int, n: int, dev: str = dev) -> bytes:
-                data: bytes = g.pread_device(dev, n, off)
-                return data
+        def read(off: int, n: int, dev: str = dev) -> bytes:
+            data = fs.read_device(dev, n, off)
+            if data is None:
+                raise _NoDevices
+            return data
 
-            try:
-                flags = ntfs_volume_flags(read)
-            except GuestError as e:
-                dirty[dev] = f"unreadable: {e}"
-                continue
-            dirty[dev] = None if flags is None else bool(flags & 0x0001)
-            if flags is not None and flags & 0x0001:
-                r.add(
-                    WIN_NTFS_DIRTY,
-                    dev,
-                    "dirty",
-                    file=dev,
-                    device=dev,
-                    text=f"$Volume flags 0x{flags:04x} (dirty bit set)",
-                )
-        state["ntfs_dirty"] = dirty
+        try:
+            flags = ntfs_volume_flags(read)
+        except _NoDevices:
+            dirty = {}
+            break
+        except GuestError as e:
+            dirty[dev] = f"unreadable: {e}"
+            continue
+        dirty[dev] = None if flags is None else bool(flags & 0x0001)
+        if flags is not None and flags & 0x0001:
+            r.add(
+                WIN_NTFS_DIRTY,
+                dev,
+                "dirty",
+                file=dev,
+                device=dev,
+                text=f"$Volume flags 0x{flags:04x} (dirty bit set)",
+            )
+    state["ntfs_dirty"] = dirty or "not checked (no block devices behind this view)"
     # Pending reboot markers: files, then registry.
     markers: list[str] = []
     pending_xml = ci_path(fs, f"{sysroot}/WinSxS/pending.xml")
