@@ -6,6 +6,13 @@ the image's whole time budget, host-side vetting included. Inspection is
 :mod:`vmscan.inspect`, the plugin loop :func:`vmscan.plugins.run_plugins`; what stays here
 is the order of one image's phases (vet, launch, facts, inspect, mount, walk and hash,
 plugins, cache) and of many images.
+
+Past 600 lines on purpose: the phases of one image share its session (relaunched when the
+appliance dies, with the roots remounted), its result and its timings, and each phase's
+failure decides what the next one may still do (a root walked but not streamed, a stream
+that failed so the plugins read for themselves); split apart, every part would take and
+hand back the same half-dozen objects. The inspection, the walk, the stream and the
+plugin loop already live in their own modules.
 """
 
 from __future__ import annotations
