@@ -37,7 +37,8 @@ def test_new_database_is_wal_and_versioned(tmp_path: Path) -> None:
         mode = db.conn.execute("PRAGMA journal_mode").fetchone()[0]
         assert mode == "wal"
         tables = {r[0] for r in db.conn.execute("SELECT name FROM sqlite_master")}
-        assert {"runs", "image_results", "result_blobs", "check_cache", "schema_version"} <= tables
+        assert {"runs", "image_results", "result_blobs", "schema_version"} <= tables
+        assert "check_cache" not in tables  # dropped by migration 2: nothing read it
         assert "av_verdicts" not in tables  # the antivirus module owns that one
     # Reopening applies nothing twice.
     with StateDB(tmp_path / "s.db") as db:
@@ -150,13 +151,6 @@ def test_retention_keeps_newest_complete_and_running(tmp_path: Path) -> None:
         assert db.conn.execute("SELECT COUNT(*) FROM result_blobs").fetchone()[0] == 0
 
 
-def test_check_cache(tmp_path: Path) -> None:
-    with StateDB(tmp_path / "s.db") as db:
-        assert db.cache_get("patch", "k") is None
-        db.cache_put("patch", "k", {"v": [1, 2]})
-        assert db.cache_get("patch", "k") == {"v": [1, 2]}
-
-
 def test_full_disk_write_is_rolled_back_with_clear_message(tmp_path: Path) -> None:
     with StateDB(tmp_path / "s.db") as db:
         run = _begin(db)
@@ -181,4 +175,4 @@ def test_readonly_open_changes_nothing(tmp_path: Path) -> None:
         assert db.recovered == []
         assert db.get_run(dead).status == RUN_RUNNING  # type: ignore[union-attr]
         with pytest.raises(StateError):
-            db.cache_put("x", "y", 1)
+            _begin(db)  # a write

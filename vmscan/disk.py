@@ -9,7 +9,6 @@ keeps the entry points: command-line sources, libvirt domain XML, folder expansi
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,22 +168,6 @@ def _resolve_point(
     low = check_disk(lpath, lfmt, folders, budget)
     point = {"kind": "layer", "index": n, "of": len(disk.layers), "image": disk.path}
     return Source(label, (dataclasses.replace(low, point=point),))
-
-
-def expand_sources(items: list[str]) -> list[str]:
-    """Expand globs and folders (images and domain XML inside them), keep order."""
-    out: list[str] = []
-    for item in items:
-        if any(c in item for c in "*?["):
-            out.extend(sorted(glob.glob(item)))
-        elif os.path.isdir(item) and not item.endswith(os.sep + "."):
-            for name in sorted(os.listdir(item)):
-                full = os.path.join(item, name)
-                if os.path.isfile(full) and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append(full)
-        else:
-            out.append(item)
-    return out
 
 
 IMAGE_SUFFIXES = {".qcow2", ".qcow", ".img", ".raw", ".vmdk", ".vhd", ".vhdx", ".avhdx", ".xml"}

@@ -84,6 +84,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    # check_cache was never read by any check: dropped with its accessors.
+    (2, "DROP TABLE IF EXISTS check_cache;"),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -622,24 +624,6 @@ class StateDB:
             if too_many or too_old:
                 expired.append(run.id)
         return expired
-
-    # -- caches for checks ------------------------------------------------------------
-
-    def cache_get(self, namespace: str, key: str) -> Any:
-        """A cached JSON value, or None."""
-        row = self.conn.execute(
-            "SELECT value FROM check_cache WHERE namespace = ? AND key = ?", (namespace, key)
-        ).fetchone()
-        return json.loads(row["value"]) if row else None
-
-    def cache_put(self, namespace: str, key: str, value: Any) -> None:
-        """Store a JSON value for a check (``namespace`` = the check's NAME)."""
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO check_cache(namespace, key, value, updated_at)"
-                " VALUES (?, ?, ?, ?)",
-                (namespace, key, json.dumps(value, sort_keys=True), utcnow()),
-            )
 
     def integrity_ok(self) -> bool:
         """PRAGMA integrity_check says ok."""

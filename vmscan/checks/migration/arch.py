@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import stat as statmod
-from collections.abc import Mapping
-from typing import Any
 
 from vmscan.checks.migration.binaries import (
     HEAD_SIZE,
@@ -49,14 +47,12 @@ def _exe_candidates(r: Run, windows: bool) -> list[str]:
     return out
 
 
-def _exe_kind(r: Run, path: str, heads: Mapping[str, Any]) -> ExeKind | None:
-    head = heads.get(path)
-    if not isinstance(head, (bytes, bytearray)):
-        try:
-            head = r.fs.read_head(path, HEAD_SIZE)
-        except VmscanError:
-            return None
-    head = bytes(head)
+def _exe_kind(r: Run, path: str) -> ExeKind | None:
+    # The view answers from the root's content stream when the file passed through it.
+    try:
+        head = r.fs.read_head(path, HEAD_SIZE)
+    except VmscanError:
+        return None
     off = pe_header_offset(head)
     if off is not None and len(head) < off + 256 <= 65536:
         with contextlib.suppress(VmscanError):
@@ -79,7 +75,7 @@ def arch(r: Run) -> None:
         for probe in probes:
             p = ci_path(r.fs, probe) if windows else probe
             if p and r.fs.is_file(p):
-                k = _exe_kind(r, p, {})
+                k = _exe_kind(r, p)
                 if k and k.bits in (32, 64):
                     arch, bits, source = k.machine, k.bits, f"header of {p}"
                     break
@@ -89,8 +85,6 @@ def arch(r: Run) -> None:
     if bits == 32:
         r.add(ARCH_32BIT_OS, "os", arch, title=f"32-bit operating system ({arch})", arch=arch)
 
-    heads_raw = r.ctx.root.sections.get("file_heads")
-    heads: Mapping[str, Any] = heads_raw if isinstance(heads_raw, Mapping) else {}
     cands = _exe_candidates(r, windows)
     cap = int(r.ctx.options.get("migration_max_heads", DEFAULT_MAX_HEADS))
     examined = cands[:cap]
@@ -99,7 +93,7 @@ def arch(r: Run) -> None:
     exe16: list[str] = []
     unreadable = 0
     for path in examined:
-        k = _exe_kind(r, path, heads)
+        k = _exe_kind(r, path)
         if k is None:
             unreadable += 1
             continue
@@ -117,7 +111,9 @@ def arch(r: Run) -> None:
         "capped": len(cands) > len(examined),
         "cap": cap,
         "unreadable": unreadable,
-        "headers_from": "file_heads" if heads else "read_head",
+        # Kept for the report's readers: heads are read through the view (from the stream
+        # when the file passed through it); the unwritten "file_heads" section is gone.
+        "headers_from": "read_head",
         "kinds": dict(sorted(counts.items())),
         "count_32bit": len(exe32),
         "sample_32bit": exe32[:SAMPLE],
