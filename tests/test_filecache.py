@@ -48,6 +48,34 @@ def test_hash_valid_only_while_metadata_holds(tmp_path: Path) -> None:
     assert "ident" not in to_jsonable(now[0])
 
 
+def test_versions_of_a_path_do_not_evict_each_other(tmp_path: Path) -> None:
+    """A template's file and a clone's changed copy (same filesystem UUID, same path):
+    scanning them in turn finds both; past MAX_VERSIONS the least recently seen goes."""
+    import time as _time
+
+    from vmscan import filecache
+
+    db = str(tmp_path / "s.db")
+    cache = FileHashCache(db)
+    base, changed = (1, 10, 20, 5), (1, 11, 21, 5)
+    cache.store("u", [_entry("/a", base, "base")])
+    cache.store("u", [_entry("/a", changed, "changed")])
+    got = [_entry("/a", base), _entry("/a", changed)]
+    assert cache.fill("u", got[:1]) == 1 and cache.fill("u", got[1:]) == 1
+    assert [e.sha256 for e in got] == ["base", "changed"]
+    # More versions than kept: the oldest seen drops out, the newest stay.
+    for i in range(filecache.MAX_VERSIONS + 1):
+        _time.sleep(0.01)
+        cache.store("u", [_entry("/a", (1, 100 + i, 200 + i, 5), f"v{i}")])
+    n = cache.conn.execute("SELECT count(*) FROM file_hash_versions WHERE path = '/a'")
+    assert n.fetchone()[0] == filecache.MAX_VERSIONS
+    last = _entry("/a", (1, 100 + filecache.MAX_VERSIONS, 200 + filecache.MAX_VERSIONS, 5))
+    assert cache.fill("u", [last]) == 1
+    first = _entry("/a", base)
+    assert cache.fill("u", [first]) == 0
+    cache.close()
+
+
 def test_default_cache_is_per_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_db() == tmp_path / "xdg" / "vmscan" / "cache.sqlite"

@@ -28,7 +28,11 @@ from vmscan.model import FileEntry
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS file_hashes (
+# Several versions per path (PRIMARY KEY with the stat identity): a template and its
+# clones, or a VM and its snapshots, share the filesystem UUID and differ in a few files;
+# with one row per path, scanning them in turn would evict each other's rows. The first
+# table (one row per path) is dropped: it is a cache.
+_SCHEMA = """CREATE TABLE IF NOT EXISTS file_hash_versions (
     fs_id TEXT NOT NULL,
     path TEXT NOT NULL,
     size INTEGER NOT NULL,
@@ -37,9 +41,12 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS file_hashes (
     ino INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     seen_at INTEGER NOT NULL,
-    PRIMARY KEY (fs_id, path)
+    PRIMARY KEY (fs_id, path, size, mtime_ns, ctime_ns, ino)
 ) WITHOUT ROWID"""
 _BATCH = 500
+#: Versions of one path kept (the most recently seen): the base, its clones' changes,
+#: snapshots. More are dropped when a scan stores its rows.
+MAX_VERSIONS = 4
 
 
 def default_cache_db() -> Path:
@@ -60,13 +67,14 @@ def open_default_cache_db() -> str | None:
 
 
 class FileHashCache:
-    """The ``file_hashes`` table: (fs identity, path) -> hash while the metadata holds."""
+    """The ``file_hash_versions`` table: (fs identity, path, stat identity) -> hash."""
 
     def __init__(self, path: str, busy_timeout_s: float = 60.0) -> None:
         self.conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("DROP TABLE IF EXISTS file_hashes")
         self.conn.execute(_SCHEMA)
 
     def close(self) -> None:
@@ -84,13 +92,13 @@ class FileHashCache:
             part = paths[i : i + _BATCH]
             qs = ",".join("?" * len(part))
             rows = self.conn.execute(
-                "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM file_hashes "
+                "SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM file_hash_versions "
                 f"WHERE fs_id = ? AND path IN ({qs})",
                 (fs_id, *part),
             )
             for path, size, mtime_ns, ctime_ns, ino, sha in rows:
                 e = todo[path]
-                if e.ident == (size, mtime_ns, ctime_ns, ino):
+                if e.sha256 is None and e.ident == (size, mtime_ns, ctime_ns, ino):
                     e.sha256 = sha
                     filled += 1
         return filled
@@ -107,10 +115,20 @@ class FileHashCache:
             with self.conn:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO file_hashes "
+                    "INSERT OR REPLACE INTO file_hash_versions "
                     "(fs_id, path, size, mtime_ns, ctime_ns, ino, sha256, seen_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows[i : i + _BATCH],
+                )
+        if rows:
+            with self.conn:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.execute(
+                    "DELETE FROM file_hash_versions WHERE (fs_id, path, size, mtime_ns, "
+                    "ctime_ns, ino) IN (SELECT fs_id, path, size, mtime_ns, ctime_ns, ino FROM "
+                    "(SELECT *, row_number() OVER (PARTITION BY path ORDER BY seen_at DESC, "
+                    "mtime_ns DESC) AS n FROM file_hash_versions WHERE fs_id = ?) WHERE n > ?)",
+                    (fs_id, MAX_VERSIONS),
                 )
 
 
