@@ -24,9 +24,9 @@ from vmscan.manifest import build_manifest
 from vmscan.model import DiskRef, RootResult
 from vmscan.plugins import ScanContext, prefetch, run_plugins
 from vmscan.registry import all_catalogers, all_checks
+from vmscan.rootstream import BlobStore, stream_root
 from vmscan.scanner import _os_release_into
 from vmscan.session import GuestSession
-from vmscan.stream import BlobStore, stream_root
 from vmscan.walk import WalkLimits, folder_walk
 
 pytestmark = pytest.mark.guest

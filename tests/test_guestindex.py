@@ -160,7 +160,7 @@ def test_reads_of_streamed_files_come_from_the_blob_store(tmp_path: Path) -> Non
     what the stream did not bring goes to the appliance (here the host view), counted."""
     from vmscan.errors import TooLargeError
     from vmscan.license.copyright import read_package_copyright
-    from vmscan.stream import BlobStore
+    from vmscan.rootstream import BlobStore
 
     r = tmp_path / "root"
     doc = r / "usr/share/doc"

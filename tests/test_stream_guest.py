@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import time
 from typing import Any
 
 import pytest
 
 import fixtures
 from fixtures.specs.debian_lvm import EICAR, EICAR_PATH, NON_UTF8_NAME
+from vmscan import split
 from vmscan.cli import main
 from vmscan.manifest import sha256_file
 from vmscan.pathenc import encode_path
@@ -28,14 +32,44 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     before = sha256_file(image)
     tmp = tmp_path_factory.mktemp("stream")
     out: dict[str, Any] = {}
-    for name, checks in (("none", "none"), ("av", "antivirus,license")):
+    orig_on = split.Helper.on
+
+    def on_then_killed(self: split.Helper, *a: Any, **kw: Any) -> Any:
+        h = orig_on(self, *a, **kw)
+        if h is not None:
+            _kill_appliance(self.sess.g)
+        return h
+
+    for name, checks, appliances in (
+        ("none", "none", "1"),
+        ("av", "antivirus,license", "1"),
+        # The same stream shared by two appliances, and with the helper killed as it
+        # starts (its share goes back to the main appliance).
+        ("split", "antivirus,license", "2"),
+        ("helper_killed", "antivirus,license", "2"),
+    ):
         path = tmp / f"{name}.json"
-        # --no-cache: both runs read every file (the session's cache may know this image).
-        args = ["scan", "-q", "--manifest", "--no-cache", "--checks", checks, "-o", str(path)]
-        rc = main([*args, str(image)])
+        # --no-cache: every run reads every file (the session's cache may know this image).
+        # The shared streams with a state database of their own (empty, so every file is
+        # read): the verdict cache's SQLite connection is then in use while they stream.
+        cache = ["--state-db", str(tmp / f"{name}.db")] if appliances == "2" else ["--no-cache"]
+        args = ["scan", "-q", "--manifest", *cache, "--checks", checks, "-o", str(path)]
+        args += ["-j", "2", "--stream-appliances", appliances]
+        mp = pytest.MonkeyPatch()
+        if name == "helper_killed":
+            mp.setattr(split.Helper, "on", on_then_killed)  # the worker is forked: in force
+        try:
+            rc = main([*args, str(image)])
+        finally:
+            mp.undo()
         out[name] = {"rc": rc, "image": json.loads(path.read_text())["images"][0]}
     out["unchanged"] = sha256_file(image) == before
     return out
+
+
+def _kill_appliance(g: Any) -> None:
+    os.kill(int(g.get_pid()), signal.SIGKILL)
+    time.sleep(0.5)
 
 
 def _manifest(img: dict[str, Any]) -> dict[str, tuple[str, int, int]]:
@@ -99,3 +133,52 @@ def test_eicar_found_from_host_hashed_stream(runs: dict[str, Any]) -> None:
     av = img["sections"]["antivirus"]
     assert av["status"] == "complete"
     assert av["files_total"] == len(img["manifest"])
+
+
+def _findings(img: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return sorted(
+        (f["check"], f["target"], f["title"]) for root in img["roots"] for f in root["findings"]
+    )
+
+
+def test_two_appliances_share_the_stream_with_the_same_result(runs: dict[str, Any]) -> None:
+    """``--stream-appliances 2``: each appliance streams a share of the root, by bytes;
+    manifest hashes, packages with licences and findings are those of one appliance."""
+    one, two = runs["av"]["image"], runs["split"]["image"]
+    assert two["sections"]["split"] == {"helpers": 1, "why_not": None, "helper_errors": []}
+    (root,) = two["roots"]
+    stream = root["sections"]["stream"]
+    assert stream["appliances"] == 2
+    shares = stream["shares"]
+    assert [s["appliance"] for s in shares] == [0, 1]
+    assert all(s["delivered"] == s["files"] > 0 and s["error"] is None for s in shares)
+    assert sum(s["files"] for s in shares) == stream["files_wanted"] == stream["files_delivered"]
+    assert all(s["bytes"] > 0 for s in shares)
+    assert stream["given_back"] == 0
+    assert stream["tar_out_calls"] == 2
+    assert _manifest(two) == _manifest(one)
+    pk = {p["name"]: p["licenses"] for p in root["packages"]}
+    assert pk == {p["name"]: p["licenses"] for p in one["roots"][0]["packages"]}
+    assert _findings(two) == _findings(one)
+    assert two["status"] == one["status"]
+    assert two["sections"]["antivirus"]["status"] == "complete"
+    # Each file still crosses once: the second stream adds its tar framing (at most a
+    # 10 KiB record of padding and end blocks), no file.
+    streamed = [img["sections"]["timings"]["bytes"]["streamed"] for img in (one, two)]
+    assert sum(m["size"] for m in two["manifest"]) <= streamed[1] <= streamed[0] + 2 * 10240
+    assert runs["unchanged"]
+
+
+def test_a_helper_killed_gives_its_share_back(runs: dict[str, Any]) -> None:
+    one, img = runs["av"]["image"], runs["helper_killed"]["image"]
+    (root,) = img["roots"]
+    stream = root["sections"]["stream"]
+    helper = stream["shares"][1]
+    assert helper["error"] and helper["delivered"] < helper["files"]
+    assert stream["given_back"] == helper["files"] - helper["delivered"] > 0
+    # Nothing lost: every wanted file delivered, the same result as one appliance.
+    assert stream["files_delivered"] == stream["files_wanted"]
+    assert _manifest(img) == _manifest(one)
+    assert _findings(img) == _findings(one)
+    assert img["status"] == one["status"]
+    assert img["sections"]["antivirus"]["status"] == "complete"

@@ -30,6 +30,7 @@ from vmscan.report.formats import ReportFormat, choose_format
 from vmscan.report.table import write_table
 from vmscan.scanner import ALL_CHECK_NAMES, ScanOptions, default_jobs, now_iso, scan_sources
 from vmscan.services import managed_services
+from vmscan.split import Policy
 from vmscan.walk import WalkLimits
 
 log = logging.getLogger("vmscan")
@@ -108,6 +109,14 @@ def _add_scan_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help=f"images scanned at once (default here: {default_jobs()})",
+    )
+    p.add_argument(
+        "--stream-appliances",
+        default="auto",
+        metavar="auto|N",
+        help="appliances sharing one image's content stream: auto (a second one when the "
+        "pool has a free slot, a core is idle and the image has much to stream), 1 (never), "
+        "or N (up to N whatever the size, slots permitting)",
     )
     p.add_argument("--memsize", type=int, default=None, help="appliance memory in MiB")
     p.add_argument("--timeout", type=float, default=3600.0, help="per-image time limit, seconds")
@@ -297,8 +306,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     plugin_options["advisory_max_age_days"] = args.advisory_max_age
     if "patch" in args.checks:
         _prepare_advisories(plugin_options)
+    try:
+        appliances = Policy.parse(args.stream_appliances)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     opts = ScanOptions(
         jobs=args.jobs or default_jobs(),
+        stream_appliances=appliances,
         memsize=args.memsize,
         timeout=args.timeout,
         accel=args.accel,

@@ -7,7 +7,7 @@ directory holding links. :class:`IndexedFS` answers ``lstat``, ``exists``, ``is_
 ``is_dir``, ``listdir``, ``readlink``, ``glob`` and case-insensitive lookups from it,
 resolving symlinks inside the root like a chroot would (the appliance resolves them the
 same way below its sysroot). Reads of files the root's one content stream delivered (a
-:class:`vmscan.stream.BlobStore`, filled before the plugins run from what they declared)
+:class:`vmscan.rootstream.BlobStore`, filled before the plugins run from what they declared)
 are answered from memory; other reads go to the appliance through the wrapped
 :class:`vmscan.guestfs_view.LibguestfsFS`, counted in :attr:`IndexedFS.read_fallbacks`.
 
@@ -31,7 +31,7 @@ from typing import Any
 from vmscan.errors import TooLargeError
 from vmscan.guestcall import as_handle
 from vmscan.guestfs_view import DEFAULT_READ_LIMIT, Hive, LibguestfsFS, Stat
-from vmscan.stream import BlobStore
+from vmscan.rootstream import BlobStore
 
 #: Symlinks followed while resolving one path (Linux's MAXSYMLINKS).
 MAX_SYMLINKS = 40

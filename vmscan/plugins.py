@@ -5,9 +5,9 @@ Plugins are registered in explicit tuples (``ALL_CATALOGERS``, ``ALL_CHECKS`` in
 into the report's plugin status list (bump ``VERSION`` when a plugin's behaviour changes).
 
 Each plugin declares the content it needs (:class:`Requirements`, and for a check that
-takes whole files as they pass, a :class:`vmscan.stream.MemberConsumer`);
+takes whole files as they pass, a :class:`vmscan.rootstream.MemberConsumer`);
 :func:`prefetch` merges them and moves every needed file out of the appliance once, in
-the root's one ``tar_out``, before the plugins run (see :func:`vmscan.stream.stream_root`).
+the root's one ``tar_out``, before the plugins run (see :func:`vmscan.rootstream.stream_root`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import contextlib
 import fnmatch
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,7 +35,7 @@ from vmscan.model import (
     PluginStatus,
     RootResult,
 )
-from vmscan.stream import (
+from vmscan.rootstream import (
     BLOB_ONLY_MIN,
     BlobRequest,
     BlobStore,
@@ -151,8 +151,11 @@ def prefetch(
     plugins: Iterable[_Plugin],
     hash_paths: Iterable[str] = (),
     blob_only_min: int = BLOB_ONLY_MIN,
+    helpers: Sequence[Callable[[], Any | None]] = (),
+    split_min_bytes: int = 0,
 ) -> StreamReport:
-    """Merge what *plugins* need and move it out of the appliance in ONE ``tar_out``.
+    """Merge what *plugins* need and move it out of the appliance in ONE ``tar_out``
+    (one per appliance when *helpers* share it: :func:`vmscan.rootstream.stream_root`).
 
     *fs* is the root's :class:`vmscan.guestindex.IndexedFS`: the blobs land in its store.
     Consumers (in plugin order) take whole files; requirements' files are kept as blobs
@@ -188,7 +191,17 @@ def prefetch(
     cache_db = ctx.options.get("state_db")
     if cache_db:
         _from_blob_cache(str(cache_db), ctx, requests, blobs)
-    rep = stream_root(handle, ctx.manifest, consumers, requests, blobs, hash_paths, blob_only_min)
+    rep = stream_root(
+        handle,
+        ctx.manifest,
+        consumers,
+        requests,
+        blobs,
+        hash_paths,
+        blob_only_min,
+        helpers=helpers,
+        split_min_bytes=split_min_bytes,
+    )
     if cache_db:
         _into_blob_cache(str(cache_db), ctx, requests, blobs)
     return rep

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,65 @@ class _Running:
     deadline: float
     wdir: Path
     sockdirs: set[str] = field(default_factory=set)
+
+
+class _Lender:
+    """Appliance slots the pool has no image for, lent to its workers' helper appliances.
+
+    Shared with the forked workers: ``offered`` (set by the pool: free slots while no
+    pending source can start), ``borrowed`` per source (zeroed when its worker ends, so a
+    killed worker's loan is never lost), and for a per-storage limit each source's storage
+    group and whether it runs: a helper reads the same storage, so it counts against the
+    limit like an image does.
+    """
+
+    def __init__(self, ctx: Any, n_sources: int, groups: list[int], per_storage: int) -> None:
+        n = max(1, n_sources)
+        self.lock = ctx.Lock()
+        self.offered = ctx.Value("i", 0, lock=False)
+        self.borrowed = ctx.Array("i", n, lock=False)
+        self.active = ctx.Array("i", n, lock=False)
+        self.group = ctx.Array("i", groups or [0] * n, lock=False)
+        self.per_storage = per_storage
+
+    def total(self) -> int:
+        return sum(self.borrowed)
+
+    def storage_room(self, idx: int) -> bool:
+        if self.per_storage <= 0:
+            return True
+        g = self.group[idx]
+        used = sum(
+            self.active[j] + self.borrowed[j] for j in range(len(self.group)) if self.group[j] == g
+        )
+        return bool(used < self.per_storage)
+
+
+#: In a worker: the lender of its pool and the index of its source (set before the fork).
+_lender: _Lender | None = None
+_index = 0
+_fork_lock = threading.Lock()
+
+
+def borrow_slot() -> bool:
+    """In a scan worker: take one slot of the pool for a helper appliance, if one is free."""
+    lender = _lender
+    if lender is None:
+        return False
+    with lender.lock:
+        if lender.total() >= lender.offered.value or not lender.storage_room(_index):
+            return False
+        lender.borrowed[_index] += 1
+        return True
+
+
+def return_slot() -> None:
+    lender = _lender
+    if lender is None:
+        return
+    with lender.lock:
+        if lender.borrowed[_index] > 0:
+            lender.borrowed[_index] -= 1
 
 
 #: How often (s) a pool with a ``cancelled`` callable asks it.
@@ -59,9 +119,13 @@ def _kill_group(proc: mp.process.BaseProcess) -> None:
         time.sleep(0.05)
 
 
-def _end_worker(r: _Running) -> None:
-    """Kill what is left of a worker's group and remove its folders."""
+def _end_worker(r: _Running, lender: _Lender | None = None) -> None:
+    """Kill what is left of a worker's group and remove its folders (and its loans)."""
     _kill_group(r.proc)
+    if lender is not None:
+        with lender.lock:
+            lender.borrowed[r.index] = 0
+            lender.active[r.index] = 0
     shutil.rmtree(r.wdir, ignore_errors=True)
     for d in r.sockdirs:
         shutil.rmtree(d, ignore_errors=True)
@@ -120,16 +184,31 @@ def run_images(
     workers are killed, their folders removed, ``result`` is marked interrupted and set as
     the exception's ``partial``, and the exception propagates.
     """
+    global _lender, _index
     results: list[ImageResult | None] = [None] * len(sources)
     ctx = mp.get_context("fork")
+    keys = storage if storage is not None and len(storage) == len(sources) else None
+    group_of = {k: i for i, k in enumerate(dict.fromkeys(keys or []))}
+    lender = _Lender(
+        ctx,
+        len(sources),
+        [group_of[k] for k in keys] if keys else [],
+        per_storage if keys else 0,
+    )
     pending = list(enumerate(sources))
     running: list[_Running] = []
-    keys = storage if storage is not None and len(storage) == len(sources) else None
     busy: dict[str, int] = {}
     waits = after if after is not None and len(after) == len(sources) else None
     if waits is not None:
         # Only an earlier source can be waited for: no cycle, and the first one always starts.
         waits = [w if w is not None and 0 <= w < i else None for i, w in enumerate(waits)]
+
+    def storage_used(idx: int) -> int:
+        """Appliances on the storage of source *idx*: its images' and their helpers'."""
+        assert keys is not None
+        g = lender.group[idx]
+        loans = sum(lender.borrowed[j] for j in range(len(sources)) if lender.group[j] == g)
+        return busy.get(keys[idx], 0) + int(loans)
 
     def next_pending() -> tuple[int, str] | None:
         """The first pending source whose storage has a free slot and whose wait is over."""
@@ -137,11 +216,21 @@ def run_images(
             first = waits[idx] if waits is not None else None
             if first is not None and results[first] is None:
                 continue
-            if keys is None or per_storage <= 0 or busy.get(keys[idx], 0) < per_storage:
+            if keys is None or per_storage <= 0 or storage_used(idx) < per_storage:
                 del pending[pos]
                 if keys is not None:
                     busy[keys[idx]] = busy.get(keys[idx], 0) + 1
                 return idx, label
+        return None
+
+    def next_startable() -> int | None:
+        """The first pending source that could start (storage room, wait over), unmoved."""
+        for idx, _label in pending:
+            first = waits[idx] if waits is not None else None
+            if first is not None and results[first] is None:
+                continue
+            if keys is None or per_storage <= 0 or storage_used(idx) < per_storage:
+                return idx
         return None
 
     def finish(idx: int, res: ImageResult) -> None:
@@ -153,7 +242,7 @@ def run_images(
 
     try:
         while pending or running:
-            while pending and len(running) < jobs:
+            while pending and len(running) + lender.total() < jobs:
                 nxt = next_pending()
                 if nxt is None:
                     break  # every pending source waits for its storage or another source
@@ -163,13 +252,31 @@ def run_images(
                 proc = ctx.Process(
                     target=worker, args=(label, *worker_args, child, run, wdir), daemon=False
                 )
-                proc.start()
+                # The fork inherits them: the worker's helpers borrow from this pool.
+                with lender.lock:
+                    lender.active[idx] = 1
+                with _fork_lock:  # pools in threads (a fleet worker) fork one at a time
+                    saved = (_lender, _index)
+                    _lender, _index = lender, idx
+                    try:
+                        proc.start()
+                    finally:
+                        _lender, _index = saved
                 child.close()
                 assert proc.pid is not None
                 run.track_process(proc.pid)
                 running.append(_Running(label, idx, proc, parent, time.monotonic() + timeout, wdir))
+            with lender.lock:
+                # Slots no pending source can take now (none left, or all wait): lent.
+                startable = bool(pending) and next_startable() is not None
+                lender.offered.value = 0 if startable else max(0, jobs - len(running))
+            if not running:
+                # Every slot is lent out or every pending source waits: a helper will end.
+                time.sleep(0.1)
+                continue
             wait_s = max(0.1, min(r.deadline for r in running) - time.monotonic())
-            if cancelled is not None:
+            if cancelled is not None or (startable and lender.total()):
+                # (A source waits for a slot a helper holds: returned without a message.)
                 wait_s = min(wait_s, _CANCEL_POLL)
             ready = wait([r.conn for r in running], timeout=wait_s)
             now = time.monotonic()
@@ -189,9 +296,9 @@ def run_images(
                     except (EOFError, OSError):
                         res = _not_finished(r.label, "the scan worker died (killed or crashed)")
                     r.proc.join(30)
-                    _end_worker(r)  # stray qemu, if any, and the worker's folders
+                    _end_worker(r, lender)  # stray qemu, if any, and the worker's folders
                 elif now >= r.deadline:
-                    _end_worker(r)
+                    _end_worker(r, lender)
                     res = _not_finished(
                         r.label, f"timed out after {timeout:g} s (--timeout); scan abandoned"
                     )
@@ -203,14 +310,14 @@ def run_images(
                     finish(r.index, res)
             if cancelled is not None and (running or pending) and cancelled():
                 for r in running:
-                    _end_worker(r)
+                    _end_worker(r, lender)
                     r.conn.close()
                 for idx, label in [(r.index, r.label) for r in running] + pending:
                     results[idx] = _not_finished(label, CANCELLED)
                 running, pending = [], []
     except runctl.Interrupted as exc:
         for r in running:
-            _end_worker(r)
+            _end_worker(r, lender)
         for r in running:
             res = _drain(r)
             if res is not None:
@@ -236,6 +343,6 @@ def run_images(
         raise
     finally:
         for r in running:
-            _end_worker(r)
+            _end_worker(r, lender)
     result.images = [r for r in results if r is not None]
     result.finished_at = clock()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -27,13 +28,13 @@ import sqlite3
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from vmscan import SCHEMA_VERSION, __version__, inspect, pool, runctl
+from vmscan import SCHEMA_VERSION, __version__, inspect, pool, runctl, split
 from vmscan.completeness import bound, finalize_image
 from vmscan.disk import resolve_source
 from vmscan.errors import ApplianceDiedError, GuestError, ImageError, VmscanError
@@ -106,6 +107,8 @@ class ScanOptions:
     quiet: bool = True
     plugin_options: dict[str, Any] = field(default_factory=dict)
     libvirt_uri: str = DEFAULT_URI  # for libvirt:NAME sources
+    #: Appliances per image for the content stream (``--stream-appliances``, vmscan.split).
+    stream_appliances: split.Policy = field(default_factory=split.Policy)
 
 
 def default_jobs() -> int:
@@ -146,6 +149,7 @@ def _run_plugins(
     opts: ScanOptions,
     alive: Callable[[], bool] = _no_appliance,
     stream: tuple[Any, list[str]] | None = None,
+    helpers: Sequence[Callable[[], Any | None]] = (),
 ) -> None:
     """:func:`vmscan.plugins.run_plugins` with this run's selection and the image's clock.
 
@@ -162,7 +166,15 @@ def _run_plugins(
         handle, hash_paths = stream
         try:
             with tm.phase("stream"):
-                rep = prefetch(handle, fs, ctx, [*cats, *chosen], hash_paths)
+                rep = prefetch(
+                    handle,
+                    fs,
+                    ctx,
+                    [*cats, *chosen],
+                    hash_paths,
+                    helpers=helpers,
+                    split_min_bytes=opts.stream_appliances.min_bytes(),
+                )
             ctx.root.sections["stream"] = rep.to_dict()
         except Exception as e:  # the plugins then read for themselves; never the image
             log.warning("content stream of %s failed", ctx.root.device, exc_info=True)
@@ -178,6 +190,7 @@ def _scan_mounted(
     opts: ScanOptions,
     facts: dict[str, Any],
     fs_by_dev: dict[str, Filesystem],
+    helpers: split.Helpers | None = None,
 ) -> None:
     g = sess.h
     assert g is not None
@@ -250,7 +263,10 @@ def _scan_mounted(
     # hash and nothing needs their content on the host (checksums_out is faster then).
     unhashed = [e.path for e in entries if e.sha256 is None and e.error is None]
     host_hash = streaming or 2 * len(unhashed) <= len(entries)
-    _run_plugins(fs, ctx, opts, sess.alive, stream=(g, unhashed if host_hash else []))
+    getters = [functools.partial(h.on, tuple(mounts)) for h in (helpers.helpers if helpers else [])]
+    _run_plugins(
+        fs, ctx, opts, sess.alive, stream=(g, unhashed if host_hash else []), helpers=getters
+    )
     root.sections["index"] = {
         "entries": len(index.stats),
         "symlinks": len(index.links),
@@ -369,12 +385,20 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
             tm.add("vet", time.monotonic() - t_vet)
             result.disks = list(shown)
             t_launch = time.monotonic()
-            with GuestSession(disks, opts.memsize, opts.accel) as sess:
+            # Helper appliances (vmscan.split) launch beside the main one.
+            with (
+                split.Helpers(disks, opts.memsize, opts.accel, opts.stream_appliances) as helpers,
+                GuestSession(disks, opts.memsize, opts.accel) as sess,
+            ):
                 tm.add("launch", time.monotonic() - t_launch)
+                result.sections["split"] = {
+                    "helpers": len(helpers.helpers),
+                    "why_not": helpers.why_not or None,
+                }
                 _appliance_started(sess.h)
                 pending: list[str] = []
                 try:
-                    _scan_session(sess, result, opts, pending, budget)
+                    _scan_session(sess, result, opts, pending, budget, helpers)
                 except ApplianceDiedError as e:
                     # Outside a plugin (facts, inspection, mounting, the manifest): what
                     # was scanned so far stays, the rest is said to be missing.
@@ -383,6 +407,7 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
                     # Nothing scanned at all (it died before inspection ended): an error.
                     scanned = result.roots or result.sections.get("data_volumes")
                     result.status = ImageStatus.PARTIAL if scanned else ImageStatus.ERROR
+                result.sections["split"]["helper_errors"] = helpers.errors()
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
     except ImageError as e:
@@ -418,6 +443,7 @@ def _scan_session(
     opts: ScanOptions,
     pending: list[str],
     budget: Budget | None = None,
+    helpers: split.Helpers | None = None,
 ) -> None:
     """Scan every root; *pending* holds the roots not yet in ``result.roots``."""
     # Bounded facts and inspection (vmscan.inspect): hostile partition tables and trees
@@ -530,7 +556,7 @@ def _scan_session(
                     f"this image (device absent or not found); its files were not "
                     f"scanned",
                 )
-        _scan_mounted(sess, result, root, mounted, opts, facts, fs_by_dev)
+        _scan_mounted(sess, result, root, mounted, opts, facts, fs_by_dev, helpers)
         result.roots.append(root)
         pending.remove(root_dev)
         sess.umount_all()
@@ -540,7 +566,7 @@ def _scan_session(
         # partial: something that could hold files (or the OS) was not looked at, e.g. a
         # LUKS volume with no key.
         result.status = ImageStatus.PARTIAL if partial else ImageStatus.NO_OS
-        _scan_data_disks(sess, result, opts, facts, fs_by_dev)
+        _scan_data_disks(sess, result, opts, facts, fs_by_dev, helpers)
     elif partial:
         result.status = ImageStatus.PARTIAL
     if not opts.manifest:
@@ -576,6 +602,7 @@ def _scan_data_disks(
     opts: ScanOptions,
     facts: dict[str, Any],
     fs_by_dev: dict[str, Filesystem],
+    helpers: split.Helpers | None = None,
 ) -> None:
     """No OS: mount each filesystem on its own and walk it as a data volume."""
     for dev, fsr in sorted(fs_by_dev.items()):
@@ -588,7 +615,7 @@ def _scan_data_disks(
             continue
         fsr.mountpoint, fsr.mounted = "/", True
         vol = RootResult(device=dev, os=OSInfo(type="none"), mountpoints={"/": dev})
-        _scan_mounted(sess, result, vol, [("/", dev)], opts, facts, fs_by_dev)
+        _scan_mounted(sess, result, vol, [("/", dev)], opts, facts, fs_by_dev, helpers)
         result.sections.setdefault("data_volumes", []).append(vol)
         sess.umount_all()
 

@@ -1,8 +1,8 @@
 """The one content stream of vmscan: ``tar_out`` of a guest folder, read member by member.
 
 Every bulk transfer of file content out of the appliance goes through :class:`TarStream`
-(the manifest's host-side hashing, and :func:`stream_root`, the root's one stream that
-the plugins' needs are merged into):
+(the manifest's host-side hashing, and :func:`vmscan.rootstream.stream_root`, the root's
+one stream that the plugins' needs are merged into):
 ``g.tar_out`` writes into a FIFO from a thread while the caller reads the members on the
 host, so a member is hashed, sniffed and handed to clamd while the next one is on its way.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import select
@@ -27,20 +26,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, cast
 
 from vmscan.errors import GuestError
 from vmscan.model import FileEntry
-from vmscan.pathenc import decode_path, encode_path
+from vmscan.pathenc import decode_path
 
 log = logging.getLogger(__name__)
 
 #: The libguestfs protocol caps one message at 4 MB: the exclude list must stay below.
 EXCLUDES_BUDGET = 2_500_000
-#: Fewest files wanted by blob requests alone (no consumer, nothing to hash) for which a
-#: stream is started: below it they are read one by one.
-BLOB_ONLY_MIN = 32
 #: What reading a member may raise (a stream cut short, a cancelled transfer).
 READ_ERRORS = (OSError, tarfile.TarError, EOFError)
 
@@ -123,7 +118,7 @@ class _Counting:
     def read(self, size: int = -1) -> bytes:
         data = self.fh.read(size)
         self.n += len(data)
-        TarStream.received += len(data)
+        TarStream.count(len(data))
         return data
 
 
@@ -140,6 +135,14 @@ class TarStream:
     received = 0
     #: ``tar_out`` calls made by this process (the scanner reports them per root).
     calls = 0
+    #: Streams of several appliances run in threads: the counters are shared.
+    _counters = threading.Lock()
+
+    @classmethod
+    def count(cls, received: int = 0, calls: int = 0) -> None:
+        with cls._counters:
+            cls.received += received
+            cls.calls += calls
 
     def __init__(self, handle: Any, excludes: list[str], directory: str = "/") -> None:
         self.handle = handle
@@ -159,7 +162,7 @@ class TarStream:
         return self._counted.n if self._counted is not None else 0
 
     def _produce(self) -> None:
-        TarStream.calls += 1
+        TarStream.count(calls=1)
         try:
             self.handle.tar_out(
                 self.directory, self.fifo, excludes=self.excludes or None, numericowner=True
@@ -248,7 +251,7 @@ class TarStream:
             if not data:
                 return
             drained += len(data)
-            TarStream.received += len(data)
+            TarStream.count(len(data))
             if self._counted is not None:
                 self._counted.n += len(data)
 
@@ -257,252 +260,3 @@ class TarStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close(cancel=exc[0] is not None)
-
-
-# ---------------------------------------------------------------------------
-# One stream per root, handed to every consumer that asked
-
-
-class MemberConsumer(Protocol):
-    """Takes members of the root's one content stream (the antivirus scanner, for one).
-
-    The stream asks :meth:`wanted` once before it starts; :meth:`take` gets each wanted
-    member's live reader, to read at most *size* bytes from before it returns (the reader
-    is gone after); :meth:`done` is called once after the stream ended (*error*: what
-    went wrong in the transfer), with the paths it was handed.
-    """
-
-    def wanted(self) -> Iterable[str]: ...
-    def take(self, entry: FileEntry, size: int, fh: IO[bytes]) -> bool:
-        """Consume the member; False when it could not (it is then left to :meth:`done`)."""
-        ...
-
-    def active(self) -> bool:
-        """False once nothing more can be taken (clamd gone): the stream may end early."""
-        ...
-
-    def done(self, error: str | None, taken: set[str]) -> None: ...
-
-
-@dataclass(frozen=True)
-class BlobRequest:
-    """Bytes of one file to keep in the root's blob store: at most *limit* (its head);
-    *if_streamed*: only when it passes for another reason (never added to the stream)."""
-
-    limit: int
-    persist: bool = False
-    if_streamed: bool = False
-
-
-class BlobStore:
-    """Contents kept from the stream for the plugins' reads, bounded in total.
-
-    ``(size on the guest, data)`` by manifest path; *data* is the head when the file is
-    larger than what was asked for. Past *max_bytes* in all, members are not kept (reads
-    of them go to the appliance and are counted as fallbacks).
-    """
-
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self.used = 0
-        self.blobs: dict[str, tuple[int, bytes]] = {}
-        #: Members not kept because the store was full.
-        self.refused = 0
-
-    def put(self, path: str, size: int, data: bytes) -> bool:
-        old = self.blobs.get(path)
-        if old is not None:
-            self.used -= len(old[1])
-        if self.used + len(data) > self.max_bytes:
-            self.refused += 1
-            return False
-        self.blobs[path] = (size, data)
-        self.used += len(data)
-        return True
-
-    def get(self, path: str) -> tuple[int, bytes] | None:
-        return self.blobs.get(path)
-
-    def __contains__(self, path: object) -> bool:
-        return path in self.blobs
-
-
-@dataclass
-class StreamReport:
-    """What one root's stream did (``sections.stream`` of the root)."""
-
-    tar_out_calls: int = 0
-    members: int = 0
-    files_wanted: int = 0
-    files_delivered: int = 0
-    bytes_received: int = 0
-    hashed_on_host: int = 0
-    blobs_kept: int = 0
-    blob_bytes: int = 0
-    blobs_refused: int = 0
-    blob_only_skipped: int = 0
-    error: str | None = None
-    consumers: dict[str, int] = field(default_factory=dict)
-    #: Consumers that raised while taking a member (they were given nothing more).
-    consumer_errors: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tar_out_calls": self.tar_out_calls,
-            "members": self.members,
-            "files_wanted": self.files_wanted,
-            "files_delivered": self.files_delivered,
-            "bytes_received": self.bytes_received,
-            "hashed_on_host": self.hashed_on_host,
-            "blobs_kept": self.blobs_kept,
-            "blob_bytes": self.blob_bytes,
-            "blobs_refused": self.blobs_refused,
-            "blob_only_skipped": self.blob_only_skipped,
-            "error": self.error,
-            "consumers": dict(sorted(self.consumers.items())),
-            "consumer_errors": dict(sorted(self.consumer_errors.items())),
-        }
-
-
-class _Tee:
-    """Reader over a member that hashes every byte read and keeps the first *keep*."""
-
-    def __init__(self, fh: IO[bytes], keep: int) -> None:
-        self.fh = fh
-        self.keep = keep
-        self.head = bytearray()
-        self.h = hashlib.sha256()
-        self.n = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.fh.read(size)
-        self.h.update(data)
-        self.n += len(data)
-        room = self.keep - len(self.head)
-        if room > 0:
-            self.head += data[:room]
-        return data
-
-
-def stream_root(
-    handle: Any,
-    manifest: list[FileEntry],
-    consumers: dict[str, MemberConsumer],
-    blob_requests: dict[str, BlobRequest],
-    blobs: BlobStore,
-    hash_paths: Iterable[str] = (),
-    blob_only_min: int = BLOB_ONLY_MIN,
-) -> StreamReport:
-    """ONE ``tar_out`` of "/" carrying every file a consumer, a blob request or the host
-    hashing (*hash_paths*: manifest entries with no SHA-256 yet) asked for.
-
-    Each member is read once: the first consumer that wants it (consumers in order, so
-    the antivirus scanner first) gets the live reader; the blob store gets the head it
-    asked for (read on after that consumer when it stopped short); every byte passing is
-    hashed, so an entry still without a SHA-256 gets the one of its full content.
-    No wanted file: no ``tar_out`` at all.
-    """
-    rep = StreamReport()
-    by_path = {e.path: e for e in manifest}
-    wants: dict[str, list[str]] = {}
-    for name, c in consumers.items():
-        n = 0
-        for p in c.wanted():
-            if p in by_path:
-                wants.setdefault(p, []).append(name)
-                n += 1
-        rep.consumers[name] = n
-    hash_set = {p for p in hash_paths if p in by_path}
-    blob_only = {p for p, r in blob_requests.items() if p in by_path and not r.if_streamed}
-    if not wants and not hash_set and len(blob_only) < blob_only_min:
-        # A few small files alone are not worth a tar_out (and its exclude list): their
-        # reads go to the appliance, counted as fallbacks. A clone of a scanned disk
-        # then streams nothing.
-        rep.blob_only_skipped = len(blob_only)
-        blob_only = set()
-    keep = set(wants) | hash_set | blob_only
-    rep.files_wanted = len(keep)
-    taken: dict[str, set[str]] = {name: set() for name in consumers}
-    if not keep:
-        for name, c in consumers.items():
-            c.done(None, taken[name])
-        return rep
-    excludes = build_excludes(manifest, keep)
-    calls0 = TarStream.calls
-    src = TarStream(handle, excludes)
-    delivered: set[str] = set()
-    leftover: set[str] | None = None
-    finished = False
-    try:
-        for raw, member, tf in src.members():
-            rep.members += 1
-            if len(delivered) == len(keep):
-                break
-            live = {n for n, c in consumers.items() if n not in rep.consumer_errors and c.active()}
-            if leftover is None and len(live) < len(consumers):
-                # A consumer gave up (clamd gone): from now on only what another still
-                # takes keeps the stream going.
-                leftover = {
-                    p
-                    for p in keep - delivered
-                    if (p in blob_requests and not blob_requests[p].if_streamed)
-                    or p in hash_set
-                    or any(n in live for n in wants.get(p, ()))
-                }
-            if leftover is not None and not leftover:
-                break
-            path = encode_path(raw)
-            entry = by_path.get(path)
-            if entry is None or path not in keep or path in delivered or not member.isreg():
-                continue
-            fh = tf.extractfile(member)
-            if fh is None:
-                continue
-            delivered.add(path)
-            if leftover is not None:
-                leftover.discard(path)
-            req = blob_requests.get(path)
-            tee = _Tee(fh, req.limit if req is not None else 0)
-            try:
-                for name in wants.get(path, ()):
-                    c = consumers[name]
-                    if name in rep.consumer_errors or not c.active():
-                        continue
-                    try:
-                        took = c.take(entry, member.size, cast("IO[bytes]", tee))
-                    except READ_ERRORS:
-                        raise
-                    except Exception as e:  # one consumer never stops the stream for others
-                        log.warning("stream consumer %s failed", name, exc_info=True)
-                        rep.consumer_errors[name] = f"{type(e).__name__}: {e}"[:300]
-                        continue
-                    if took:
-                        taken[name].add(path)
-                        break
-                if req is not None and len(tee.head) < min(req.limit, member.size):
-                    tee.read(min(req.limit, member.size) - len(tee.head))
-                if entry.sha256 is None and entry.error is None and path in hash_set:
-                    while tee.read(1 << 20):
-                        pass
-            except READ_ERRORS as e:
-                if entry.sha256 is None:
-                    entry.error = entry.error or f"unreadable: {str(e)[:200]}"
-                continue
-            if req is not None and blobs.put(path, member.size, bytes(tee.head)):
-                rep.blobs_kept += 1
-                rep.blob_bytes += len(tee.head)
-            if entry.sha256 is None and entry.error is None and tee.n == member.size:
-                entry.sha256 = tee.h.hexdigest()
-                rep.hashed_on_host += 1
-        else:
-            finished = True
-    finally:
-        src.close(cancel=not finished)
-        rep.tar_out_calls = TarStream.calls - calls0
-        rep.bytes_received = src.bytes_read
-        rep.error = src.error
-        rep.files_delivered = len(delivered)
-        rep.blobs_refused = blobs.refused
-        for name, c in consumers.items():
-            c.done(src.error if finished else None, taken[name])
-    return rep

@@ -51,7 +51,7 @@ from vmscan.errors import GuestError, GuestReadError
 from vmscan.guestfs_view import GuestFS
 from vmscan.model import FileEntry
 from vmscan.pe import MAX_PE_SIZE, PEInfo, is_pe, pe_info
-from vmscan.stream import BlobStore, stream_root
+from vmscan.rootstream import BlobStore, stream_root
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +339,7 @@ class RootScanner:
         self._streamed = False
         self._ended = False
 
-    # ---- the stream's consumer (vmscan.stream.MemberConsumer) -----------------------------
+    # ---- the stream's consumer (vmscan.rootstream.MemberConsumer) -----------------------------
 
     def wanted(self) -> list[str]:
         """Paths of the contents to stream: one file per content."""

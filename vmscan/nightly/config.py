@@ -58,6 +58,10 @@ class NightlyConfig:
     memsize: int | None = None
     timeout: float = 3600.0
     accel: str = "auto"
+    #: Appliances sharing one image's content stream (``--stream-appliances``).
+    stream_appliances: str = "auto"
+    #: Re-read every file even when its cached hash is still valid (``--rehash``).
+    rehash: bool = False
     max_per_storage: int = 1
     storage_group: str = "device"
     state_db: Path = Path("state.db")
@@ -109,6 +113,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         ),
         "clamd": _Key("str", "clamd"),
         "license_policy": _Key("str", "license_policy", path=True),
+        "rehash": _Key("bool", "rehash"),
     },
     "fleet": {
         "scheduler": _Key("str", "scheduler"),
@@ -119,6 +124,7 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "memsize": _Key("int", "memsize", minimum=256),
         "timeout": _Key("number", "timeout", minimum=1),
         "accel": _Key("str", "accel", ("auto", "kvm", "tcg")),
+        "stream_appliances": _Key("str", "stream_appliances", ("auto", "1", "2", "3", "4")),
         "max_per_storage": _Key("int", "max_per_storage", minimum=1),
         "storage_group": _Key("str", "storage_group", ("device", "folder")),
     },

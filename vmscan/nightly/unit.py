@@ -51,6 +51,7 @@ def plugin_options(cfg: NightlyConfig) -> dict[str, Any]:
 def make_scan_options(cfg: NightlyConfig, checks: tuple[str, ...], jobs: int) -> Any:
     """The scanner's ScanOptions for this config (only the fields it knows)."""
     from vmscan.scanner import ScanOptions
+    from vmscan.split import Policy
 
     plugin_options_ = plugin_options(cfg)
     wanted: dict[str, Any] = {
@@ -58,6 +59,8 @@ def make_scan_options(cfg: NightlyConfig, checks: tuple[str, ...], jobs: int) ->
         "memsize": cfg.memsize,
         "timeout": cfg.timeout,
         "accel": cfg.accel,
+        "stream_appliances": Policy.parse(cfg.stream_appliances),
+        "rehash": cfg.rehash,
         "manifest": cfg.manifest,
         "checks": checks,
         "fail_on": cfg.fail_on,
