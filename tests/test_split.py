@@ -123,3 +123,49 @@ def test_pending_images_come_before_loans() -> None:
     out = _run(["a", "b", "c", "d"], 2)
     assert out[:2] == ["borrowed=False False", "borrowed=False False"]
     assert len(out) == 4
+
+
+def test_no_helper_outside_a_pool_or_for_small_disks(tmp_path: Path) -> None:
+    from vmscan.model import DiskRef
+    from vmscan.split import Helpers
+
+    small = tmp_path / "small.qcow2"
+    small.write_bytes(b"\0" * 4096)
+    disks = [DiskRef(path=str(small), format="qcow2")]
+    assert Helpers(disks, None, "tcg", Policy.parse("auto")).why_not == "the disks hold little"
+    assert Helpers(disks, None, "tcg", Policy.parse("1")).why_not == "--stream-appliances 1"
+    # Forced, but no pool lends this process a slot (not a scan worker).
+    forced = Helpers(disks, None, "tcg", Policy.parse("2"))
+    assert forced.why_not == "no free slot in the pool"
+    forced.launch(cache_knows=False)
+    assert forced.helpers == []
+
+
+def test_cache_knows_a_scanned_filesystem(tmp_path: Path) -> None:
+    from vmscan.filecache import FileHashCache
+    from vmscan.model import FileEntry
+
+    cache = FileHashCache(str(tmp_path / "c.db"))
+    assert not cache.knows(["uuid-1"])
+    e = FileEntry("/dev/sda1", "/a", 1, 0o100644, 0, 0, 0, "aa", ident=(1, 2, 3, 4))
+    cache.store("uuid-1", [e])
+    assert cache.knows(["uuid-2", "uuid-1"])
+    assert not cache.knows(["uuid-2"])
+    assert not cache.knows([])
+    cache.close()
+
+
+def test_folders_and_symlinks_without_wanted_files_are_excluded_too() -> None:
+    """On a rescan of a few changed files, the tar headers of every folder and symlink
+    passing were most of the stream: they are excluded unless a kept file lies below."""
+    from vmscan.model import FileEntry
+
+    def f(path: str) -> FileEntry:
+        return FileEntry("/dev/sda1", path, 10, 0o100644, 0, 0, 0, None)
+
+    entries = [f("/usr/bin/kept"), f("/usr/bin/other"), f("/etc/passwd")]
+    others = ["/usr", "/usr/bin", "/usr/bin/sh", "/usr/lib", "/usr/lib/empty", "/var", "/"]
+    ex = build_excludes(entries, {"/usr/bin/kept"}, others=others)
+    assert ex == sorted(["./usr/bin/other", "./usr/bin/sh", "./usr/lib", "./var", "./etc"])
+    # Without them (an index that is not there): folders holding only links travel.
+    assert "./var" not in build_excludes(entries, {"/usr/bin/kept"})

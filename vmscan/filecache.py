@@ -80,6 +80,17 @@ class FileHashCache:
     def close(self) -> None:
         self.conn.close()
 
+    def knows(self, fs_ids: Iterable[str]) -> bool:
+        """True when any row is kept for one of these filesystems (a scan saw them)."""
+        ids = sorted(set(fs_ids))
+        if not ids:
+            return False
+        qs = ",".join("?" * len(ids))
+        row = self.conn.execute(
+            f"SELECT 1 FROM file_hash_versions WHERE fs_id IN ({qs}) LIMIT 1", ids
+        ).fetchone()
+        return row is not None
+
     def fill(self, fs_id: str, entries: Iterable[FileEntry]) -> int:
         """Give every unhashed entry of filesystem *fs_id* whose row still holds its hash.
 

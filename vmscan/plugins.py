@@ -17,6 +17,7 @@ import contextlib
 import fnmatch
 import logging
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -144,6 +145,15 @@ def _is_regular(e: FileEntry) -> bool:
     return e.error is None and (e.mode & 0o170000) == 0o100000
 
 
+def _not_regular(fs: Any) -> list[str]:
+    """Paths of the root's index entries that are not regular files (none without one)."""
+    index = getattr(fs, "index", None)
+    stats = getattr(index, "stats", None)
+    if not isinstance(stats, dict):
+        return []
+    return [p for p, st in stats.items() if not stat.S_ISREG(st.mode)]
+
+
 def prefetch(
     handle: Any,
     fs: Any,
@@ -201,6 +211,7 @@ def prefetch(
         blob_only_min,
         helpers=helpers,
         split_min_bytes=split_min_bytes,
+        others=_not_regular(fs),
     )
     if cache_db:
         _into_blob_cache(str(cache_db), ctx, requests, blobs)

@@ -207,6 +207,8 @@ class _Run:
     live_names: set[str] = field(default_factory=set)
     #: Set by the delivering thread when it stops early: the readers end.
     stop: bool = False
+    #: Entries that are not regular files (folders, symlinks), to exclude as well.
+    others: tuple[str, ...] = ()
 
     def still_wanted(self, path: str, live: set[str]) -> bool:
         req = self.blob_requests.get(path)
@@ -298,7 +300,7 @@ def _stream_share(
     snapshots the calling thread publishes (``run.live_names``, ``run.stop``).
     """
     t0 = time.monotonic()
-    src = TarStream(handle, build_excludes(manifest, keep))
+    src = TarStream(handle, build_excludes(manifest, keep, others=run.others))
     mine = share.mine
     n_consumers = len(run.consumers)
     leftover: set[str] | None = None
@@ -419,6 +421,7 @@ def stream_root(
     blob_only_min: int = BLOB_ONLY_MIN,
     helpers: Sequence[Callable[[], Any | None]] = (),
     split_min_bytes: int = 0,
+    others: Iterable[str] = (),
 ) -> StreamReport:
     """ONE ``tar_out`` of "/" carrying every file a consumer, a blob request or the host
     hashing (*hash_paths*: manifest entries with no SHA-256 yet) asked for.
@@ -433,6 +436,8 @@ def stream_root(
     When the files to stream reach *split_min_bytes*, each appliance streams a share of
     them, balanced by bytes, at the same time; a helper that is not there or fails gives
     back what it did not bring, and *handle* streams it afterwards.
+    *others*: the root's entries that are not regular files (excluded when nothing
+    wanted lies below them).
     """
     rep = StreamReport()
     by_path = {e.path: e for e in manifest}
@@ -456,6 +461,7 @@ def stream_root(
     rep.files_wanted = len(keep)
     run = _Run(by_path, consumers, wants, blob_requests, blobs, hash_set, rep)
     run.taken = {name: set() for name in consumers}
+    run.others = tuple(others)
     if not keep:
         for name, c in consumers.items():
             c.done(None, run.taken[name])

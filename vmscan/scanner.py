@@ -347,6 +347,23 @@ def _open_file_cache(opts: ScanOptions, result: ImageResult) -> FileHashCache | 
         return None
 
 
+def _cache_knows(opts: ScanOptions, fs_by_dev: dict[str, Filesystem]) -> bool:
+    """The file-hash cache holds rows of these filesystems (and they are to be used)."""
+    path = opts.cache_db or opts.state_db
+    if opts.rehash or opts.no_cache or not path:
+        return False
+    try:
+        cache = FileHashCache(path)
+    except sqlite3.Error:
+        return False  # said once, when the walk opens it
+    try:
+        return cache.knows((f.uuid or dev) for dev, f in fs_by_dev.items())
+    except sqlite3.Error:
+        return False
+    finally:
+        cache.close()
+
+
 def _timings_of(image: ImageResult | None) -> Timings:
     """The image's phase clock: kept in its sections while it is scanned (see scan_image)."""
     tm = image.sections.get("timings") if image is not None else None
@@ -391,10 +408,6 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
                 GuestSession(disks, opts.memsize, opts.accel) as sess,
             ):
                 tm.add("launch", time.monotonic() - t_launch)
-                result.sections["split"] = {
-                    "helpers": len(helpers.helpers),
-                    "why_not": helpers.why_not or None,
-                }
                 _appliance_started(sess.h)
                 pending: list[str] = []
                 try:
@@ -407,7 +420,11 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
                     # Nothing scanned at all (it died before inspection ended): an error.
                     scanned = result.roots or result.sections.get("data_volumes")
                     result.status = ImageStatus.PARTIAL if scanned else ImageStatus.ERROR
-                result.sections["split"]["helper_errors"] = helpers.errors()
+                result.sections["split"] = {
+                    "helpers": len(helpers.helpers),
+                    "why_not": helpers.why_not or None,
+                    "helper_errors": helpers.errors(),
+                }
         # A check that could not run never leaves the image "ok".
         finalize_image(result, opts.checks)
     except ImageError as e:
@@ -457,6 +474,8 @@ def _scan_session(
         fs_by_dev[f["device"]] = Filesystem(
             device=f["device"], type=f["type"], uuid=f["uuid"], label=f["label"]
         )
+    if helpers is not None:
+        helpers.launch(_cache_knows(opts, fs_by_dev))
     result.filesystems = list(fs_by_dev.values())
     result.sections["image_facts"] = facts
     remaining = (budget or Budget(opts.timeout)).remaining

@@ -8,14 +8,17 @@ members it brings go to the same consumers, so the result is one result.
 
 When (``--stream-appliances``, :class:`Policy`): ``auto`` starts one helper when the
 pool lends a slot it has no image for (:func:`vmscan.pool.borrow_slot`), the kernel's
-load average leaves a core idle, and the disks hold at least :data:`MIN_SPLIT_BYTES`
-(allocated bytes on the host: a clone's overlay is small, it streams nothing anyway);
-the stream then uses it only when the root's files to stream reach that size too. A
-number N forces up to N appliances whatever the size (slots still have to be free).
+load average leaves a core idle, the disks hold at least :data:`MIN_SPLIT_BYTES`
+(allocated bytes on the host, backing files included) and the file-hash cache knows
+none of the image's filesystems (else few files are streamed: a rescan, a clone of a
+scanned template); the stream then uses it only when the root's files to stream reach
+that size too. A number N asks for up to N appliances whatever the size and the cache
+(slots still have to be free).
 
-The helper launches in a thread while the main appliance launches, inspects and walks,
-so its launch costs no time when a core is free. A helper that fails to launch or to
-mount, or dies, gives its share back: the main appliance streams it afterwards.
+The helper launches in a thread once the main appliance has listed the filesystems
+(:meth:`Helpers.launch`), while it inspects and walks, so its launch costs no wall time
+when a core is free. A helper that fails to launch or to mount, or dies, gives its share
+back: the main appliance streams it afterwards.
 """
 
 from __future__ import annotations
@@ -168,6 +171,7 @@ class Helpers:
         self.policy = policy
         self.borrowed = 0
         self.why_not = ""
+        self._args = (list(disks), memsize, accel)
         if policy.appliances == 1:
             self.why_not = "--stream-appliances 1"
             return
@@ -182,9 +186,25 @@ class Helpers:
             if not pool.borrow_slot():
                 break
             self.borrowed += 1
-            self.helpers.append(Helper(disks, memsize, accel))
-        if not self.helpers:
+        if not self.borrowed:
             self.why_not = "no free slot in the pool"
+
+    def launch(self, cache_knows: bool) -> None:
+        """Start the helpers the slots were borrowed for (*cache_knows*: the file-hash
+        cache holds rows of this image's filesystems; ``auto`` then starts none)."""
+        if not self.borrowed or self.helpers:
+            return
+        if cache_knows and not self.policy.forced:
+            self.why_not = "the file-hash cache knows these filesystems: little to stream"
+            self._give_back()
+            return
+        disks, memsize, accel = self._args
+        self.helpers = [Helper(disks, memsize, accel) for _ in range(self.borrowed)]
+
+    def _give_back(self) -> None:
+        for _ in range(self.borrowed):
+            pool.return_slot()
+        self.borrowed = 0
 
     def __enter__(self) -> Helpers:
         return self
@@ -192,9 +212,7 @@ class Helpers:
     def __exit__(self, *exc: object) -> None:
         for h in self.helpers:
             h.close()
-        for _ in range(self.borrowed):
-            pool.return_slot()
-        self.borrowed = 0
+        self._give_back()
 
     def errors(self) -> list[str]:
         return [h.error for h in self.helpers if h.error]

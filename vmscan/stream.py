@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import select
@@ -63,12 +64,18 @@ def exclude_pattern(raw: bytes) -> str | None:
 
 
 def build_excludes(
-    all_entries: Iterable[FileEntry], keep: set[str], budget: int = EXCLUDES_BUDGET
+    all_entries: Iterable[FileEntry],
+    keep: set[str],
+    budget: int = EXCLUDES_BUDGET,
+    others: Iterable[str] = (),
 ) -> list[str]:
     """tar exclude patterns for every file not in *keep* (paths), whole folders when possible.
 
-    Largest files are excluded first when the list would not fit in one libguestfs message;
-    the rest are skipped on the host.
+    *others*: paths of entries that are not regular files (folders, symlinks, devices, from
+    the root's index), excluded too unless a kept file lies below: each would cost a tar
+    header (512 bytes) on the way, which on a rescan of a few changed files is most of
+    the stream. Largest files are excluded first when the list would not fit in one
+    libguestfs message; the rest are skipped on the host.
     """
     # Folder -> does it hold a kept file somewhere below?
     keep_dirs: set[bytes] = set()
@@ -80,10 +87,11 @@ def build_excludes(
                 break
             keep_dirs.add(raw)
     cands: dict[bytes, int] = {}
-    for e in all_entries:
-        if e.path in keep:
+    sized = ((e.path, e.size) for e in all_entries)
+    for path, size in itertools.chain(sized, ((p, 0) for p in others)):
+        if path in keep or path == "/":
             continue
-        raw = decode_path(e.path)
+        raw = decode_path(path)
         if raw in keep_dirs:
             # A folder entry (a folder the walk cut short) holding kept files: excluding
             # it would keep them out of the stream too.
@@ -94,7 +102,7 @@ def build_excludes(
         while parent and parent not in keep_dirs:
             top = parent
             parent = parent.rsplit(b"/", 1)[0]
-        cands[top] = cands.get(top, 0) + max(e.size, 1)
+        cands[top] = cands.get(top, 0) + max(size, 1)
     out: list[str] = []
     used = 0
     for top, _size in sorted(cands.items(), key=lambda kv: (-kv[1], kv[0])):

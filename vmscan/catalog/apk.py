@@ -114,7 +114,11 @@ class ApkCataloger(Cataloger):
 
     def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
         """The installed database, whole."""
-        return (Requirements(paths=frozenset({INSTALLED}), max_bytes=TEXT_DB_LIMIT, whole=True),)
+        return (
+            Requirements(
+                paths=frozenset({INSTALLED}), max_bytes=TEXT_DB_LIMIT, whole=True, persist=True
+            ),
+        )
 
     VERSION = "1"
 

@@ -222,8 +222,11 @@ class DpkgCataloger(Cataloger):
     VERSION = "1"
 
     def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
-        """The status file and status.d paragraphs (not their md5sums), whole."""
-        return (Requirements(predicate=_status_file, max_bytes=TEXT_DB_LIMIT, whole=True),)
+        """The status file and status.d paragraphs (not their md5sums), whole; kept by
+        content (up to the blob cache's size limit) for the next scan."""
+        return (
+            Requirements(predicate=_status_file, max_bytes=TEXT_DB_LIMIT, whole=True, persist=True),
+        )
 
     def applies(self, fs: GuestFS, os_info: OSInfo) -> bool:
         return fs.is_file(STATUS) or fs.is_dir(STATUS_D)

@@ -163,12 +163,13 @@ class MigrationCheck(Check):
 
     def requirements(self, ctx: ScanContext) -> tuple[Requirements, ...]:
         """Its configuration files and kernel module lists (whole, up to the largest read
-        limit: the reads' own limits still apply); initramfs images and the heads of
+        limit: the reads' own limits still apply; kept by content, so a rescan is served
+        from the cache database); initramfs images and the heads of
         executables only when they pass in the stream anyway (a tar_out carries whole
         files: a head alone would cost the whole file)."""
         windows = ctx.root.os.type == "windows"
         return (
-            Requirements(globs=_CONFIG_GLOBS, max_bytes=16 * 1024 * 1024, whole=True),
+            Requirements(globs=_CONFIG_GLOBS, max_bytes=16 * 1024 * 1024, whole=True, persist=True),
             Requirements(
                 globs=_INITRAMFS_GLOBS, max_bytes=INITRAMFS_LIMIT, whole=True, if_streamed=True
             ),
