@@ -192,7 +192,7 @@ QUEUE_DEPTH = 4
 
 @dataclass
 class _Run:
-    """What the shares of one root's stream share (under *lock*)."""
+    """What the shares of one root's stream share; changed only by the delivering thread."""
 
     by_path: dict[str, FileEntry]
     consumers: dict[str, MemberConsumer]
