@@ -11,8 +11,9 @@ Past 600 lines on purpose: the phases of one image share its session (relaunched
 appliance dies, with the roots remounted), its result and its timings, and each phase's
 failure decides what the next one may still do (a root walked but not streamed, a stream
 that failed so the plugins read for themselves); split apart, every part would take and
-hand back the same half-dozen objects. The inspection, the walk, the stream and the
-plugin loop already live in their own modules.
+hand back the same half-dozen objects (and the helper appliances, which follow the
+roots). The inspection, the walk, the stream, the helpers and the plugin loop already
+live in their own modules.
 """
 
 from __future__ import annotations
@@ -402,7 +403,8 @@ def scan_image(label: str, opts: ScanOptions) -> ImageResult:
             tm.add("vet", time.monotonic() - t_vet)
             result.disks = list(shown)
             t_launch = time.monotonic()
-            # Helper appliances (vmscan.split) launch beside the main one.
+            # Helper appliances (vmscan.split) take their pool slots here and launch once
+            # the filesystems are listed (``helpers.launch`` in _scan_session).
             with (
                 split.Helpers(disks, opts.memsize, opts.accel, opts.stream_appliances) as helpers,
                 GuestSession(disks, opts.memsize, opts.accel) as sess,
